@@ -1,0 +1,3 @@
+from fxquant.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,45 @@
+"""Hypothesis strategies shared by the property tests."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
+
+bit_widths = st.integers(min_value=1, max_value=8)
+granularities = st.sampled_from(["per_channel", "per_tensor"])
+schemes = st.sampled_from(["affine", "symmetric"])
+clippings = st.sampled_from(["minmax", "mse"])
+
+# Magnitudes typical of trained weights, plus exact zeros and repeated values
+# (constant channels) which stress the scale computation.
+_weight_values = st.one_of(
+    st.floats(min_value=-4.0, max_value=4.0, allow_nan=False, width=32),
+    st.just(0.0),
+    st.floats(min_value=-0.0009765625, max_value=0.0009765625, allow_nan=False, width=32),
+)
+
+
+@st.composite
+def codes_and_bits(draw, max_numel: int = 300):
+    """(codes uint8 tensor of any length 0..max_numel, bits)."""
+    bits = draw(bit_widths)
+    n = draw(st.integers(min_value=0, max_value=max_numel))
+    values = draw(hnp.arrays(np.uint8, n, elements=st.integers(0, (1 << bits) - 1)))
+    return torch.from_numpy(values.copy()), bits
+
+
+@st.composite
+def weights(draw, max_channels: int = 6, max_per_channel: int = 40):
+    """A float32 weight [C, K]; some draws have all-zero or constant channels."""
+    channels = draw(st.integers(min_value=1, max_value=max_channels))
+    per = draw(st.integers(min_value=1, max_value=max_per_channel))
+    arr = draw(hnp.arrays(np.float32, (channels, per), elements=_weight_values))
+    w = torch.from_numpy(arr.copy())
+    special = draw(st.sampled_from(["none", "zero", "constant"]))
+    if special == "zero":
+        w[0] = 0.0
+    elif special == "constant":
+        w[-1] = draw(st.floats(min_value=-2.0, max_value=2.0, allow_nan=False, width=32))
+    return w

@@ -1,0 +1,72 @@
+"""Bit packing: the pinned docstring example, exact sizes, round trips, bad input."""
+
+import math
+
+import pytest
+import torch
+from hypothesis import given
+
+from fxquant import pack, packed_nbytes, unpack
+from tests.strategies import codes_and_bits
+
+
+def _reference_pack(codes, bits):
+    """Bit-by-bit reference of the documented layout (slow, obviously correct)."""
+    stream = []
+    for c in codes.tolist():
+        stream += [(c >> i) & 1 for i in range(bits)]
+    stream += [0] * (-len(stream) % 8)
+    return [sum(stream[j + i] << i for i in range(8)) for j in range(0, len(stream), 8)]
+
+
+def test_docstring_example_is_pinned():
+    packed = pack(torch.tensor([5, 3, 7]), 3)
+    assert packed.dtype == torch.uint8
+    assert packed.tolist() == [221, 1]
+    assert unpack(torch.tensor([221, 1], dtype=torch.uint8), 3, numel=3).tolist() == [5, 3, 7]
+
+
+@given(codes_and_bits())
+def test_round_trip_and_exact_size(cb):
+    codes, bits = cb
+    packed = pack(codes, bits)
+    assert packed.dtype == torch.uint8
+    assert packed.numel() == math.ceil(codes.numel() * bits / 8) == packed_nbytes(codes.numel(), bits)
+    assert torch.equal(unpack(packed, bits, codes.numel()), codes)
+
+
+@given(codes_and_bits(max_numel=40))
+def test_matches_bit_level_reference(cb):
+    codes, bits = cb
+    assert pack(codes, bits).tolist() == _reference_pack(codes, bits)
+
+
+@pytest.mark.parametrize("bits", range(1, 9))
+@pytest.mark.parametrize("numel", [0, 1, 7, 8, 9, 1001])
+def test_small_and_tail_lengths(bits, numel):
+    codes = torch.randint(0, 1 << bits, (numel,), dtype=torch.uint8)
+    packed = pack(codes, bits)
+    assert packed.numel() == math.ceil(numel * bits / 8)
+    assert torch.equal(unpack(packed, bits, numel), codes)
+
+
+def test_multidimensional_codes_flatten_in_row_major_order():
+    codes = torch.arange(16, dtype=torch.uint8).view(4, 4)
+    assert torch.equal(unpack(pack(codes, 4), 4, 16).view(4, 4), codes)
+
+
+@pytest.mark.parametrize("bits", [0, 9, 2.0, True])
+def test_bad_bits(bits):
+    with pytest.raises(ValueError, match="bits"):
+        pack(torch.zeros(3, dtype=torch.uint8), bits)
+
+
+def test_codes_out_of_range_and_wrong_dtypes():
+    with pytest.raises(ValueError, match=r"\[0, 3\]"):
+        pack(torch.tensor([0, 4]), 2)
+    with pytest.raises(ValueError, match="integer"):
+        pack(torch.tensor([0.0, 1.0]), 2)
+    with pytest.raises(ValueError, match="uint8"):
+        unpack(torch.tensor([1, 2]), 2, 4)
+    with pytest.raises(ValueError, match="need"):
+        unpack(torch.zeros(1, dtype=torch.uint8), 3, 8)
