@@ -1,6 +1,7 @@
 """fxquant: mixed-precision post-training weight quantization as a torch.fx pass."""
 
 from fxquant._version import __version__
+from fxquant.attention import QuantMultiheadAttention
 from fxquant.config import QuantConfig
 from fxquant.modules import (
     DEFAULT_QUANT_MODULE_MAPPING,
@@ -12,6 +13,7 @@ from fxquant.modules import (
     set_weight_cache,
 )
 from fxquant.packing import pack, packed_nbytes, unpack
+from fxquant.storage import WeightStorage, state_dict_bytes, weight_storage
 from fxquant.quantizer import QuantizedWeight, dequantize, fake_quantize, quantize_weight
 
 __all__ = [
@@ -31,4 +33,22 @@ __all__ = [
     "PackedWeight",
     "DEFAULT_QUANT_MODULE_MAPPING",
     "set_weight_cache",
+    "QuantMultiheadAttention",
+    "WeightStorage",
+    "weight_storage",
+    "state_dict_bytes",
+    "quantize",
+    "quantizable_layers",
 ]
+
+# The API layer imports the FX passes, which import this package's numeric core;
+# loading it lazily (PEP 562) keeps `import passes` free of an import cycle.
+_LAZY = {"quantize": "fxquant.api", "quantizable_layers": "fxquant.api"}
+
+
+def __getattr__(name):
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'fxquant' has no attribute {name!r}")

@@ -1,0 +1,173 @@
+"""A small zoo of custom architectures torchvision does not cover, shared by the pass tests.
+
+Each entry: name -> (factory, input shape, expected layer names in execution order).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class ConvZoo(nn.Module):
+    """Grouped, depthwise, dilated, reflect-padded, bias-free, tiny and zero-channel convs."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Conv2d(3, 8, 3, padding=1, padding_mode="reflect")
+        self.grouped = nn.Conv2d(8, 8, 3, padding=1, groups=4, bias=False)
+        self.depthwise = nn.Conv2d(8, 8, 3, padding=2, dilation=2, groups=8)
+        self.pointwise = nn.Conv2d(8, 4, 1, bias=False)
+        self.tiny = nn.Conv2d(4, 1, 1)  # 4 weights: at 1 bit, half a byte
+        self.head = nn.Linear(1, 5)
+        with torch.no_grad():
+            self.pointwise.weight[2].zero_()  # a channel of all-zero weights
+
+    def forward(self, x):
+        x = F.relu(self.stem(x))
+        x = F.relu(self.grouped(x))
+        x = F.relu(self.depthwise(x))
+        x = self.tiny(self.pointwise(x))
+        return self.head(x.mean(dim=(2, 3)))
+
+
+class Spectral1d(nn.Module):
+    """Per-pixel spectra: 13 bands as a 1-D signal."""
+
+    def __init__(self, bands: int = 13):
+        super().__init__()
+        self.c1 = nn.Conv1d(1, 6, 5, padding=2)
+        self.c2 = nn.Conv1d(6, 6, 3, padding=1, padding_mode="circular")
+        self.fc = nn.Linear(6 * bands, 4)
+
+    def forward(self, x):
+        x = F.relu(self.c2(F.relu(self.c1(x))))
+        return self.fc(x.flatten(1))
+
+
+class Hyperspectral3d(nn.Module):
+    """A 3-D conv net over a (bands, height, width) cube."""
+
+    def __init__(self):
+        super().__init__()
+        self.c1 = nn.Conv3d(1, 4, (7, 3, 3), padding=(3, 1, 1))
+        self.c2 = nn.Conv3d(4, 4, 3, stride=(2, 1, 1), padding=1, padding_mode="replicate")
+        self.fc = nn.Linear(4, 3)
+
+    def forward(self, x):
+        x = F.relu(self.c2(F.relu(self.c1(x))))
+        return self.fc(x.mean(dim=(2, 3, 4)))
+
+
+class CalledTwice(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.shared = nn.Conv2d(4, 4, 3, padding=1)
+        self.out = nn.Linear(4, 2)
+
+    def forward(self, x):
+        x = F.relu(self.shared(x))
+        x = F.relu(self.shared(x))  # same module, same weights: one layer
+        return self.out(x.mean(dim=(2, 3)))
+
+
+class Tied(nn.Module):
+    """Two Linear modules sharing one weight Parameter."""
+
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Linear(6, 6)
+        self.b = nn.Linear(6, 6)
+        self.b.weight = self.a.weight
+        self.c = nn.Linear(6, 2)
+
+    def forward(self, x):
+        return self.c(torch.tanh(self.b(torch.tanh(self.a(x)))))
+
+
+class Functional(nn.Module):
+    """Bare Parameters fed to F.conv2d and to a matmul through .t()."""
+
+    def __init__(self):
+        super().__init__()
+        self.kernel = nn.Parameter(torch.randn(6, 3, 3, 3) * 0.2)
+        self.proj = nn.Parameter(torch.randn(5, 6) * 0.3)
+        self.pos = nn.Parameter(torch.randn(1, 6, 1, 1))  # not a weight of a matmul: stays float
+
+    def forward(self, x):
+        x = F.relu(F.conv2d(x, self.kernel, padding=1) + self.pos)
+        return x.mean(dim=(2, 3)) @ self.proj.t()
+
+
+class TinyViT(nn.Module):
+    """Patch embedding + nn.MultiheadAttention encoder block + head."""
+
+    def __init__(self, dim: int = 16):
+        super().__init__()
+        self.patch = nn.Conv2d(3, dim, 4, stride=4)
+        self.attn = nn.MultiheadAttention(dim, 4, batch_first=True)
+        self.mlp = nn.Sequential(nn.Linear(dim, 32), nn.GELU(), nn.Linear(32, dim))
+        self.head = nn.Linear(dim, 3)
+
+    def forward(self, x):
+        x = self.patch(x).flatten(2).transpose(1, 2)
+        x = x + self.attn(x, x, x, need_weights=False)[0]
+        x = x + self.mlp(x)
+        return self.head(x.mean(dim=1))
+
+
+class DataDependentBlock(nn.Module):
+    """Control flow on tensor values: torch.fx cannot trace through it."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(4, 4, 3, padding=1)
+
+    def forward(self, x):
+        if x.sum() > 0:
+            return F.relu(self.conv(x))
+        return self.conv(x)
+
+
+class WithUntraceableBlock(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Conv2d(3, 4, 3, padding=1)
+        self.block = DataDependentBlock()
+        self.head = nn.Linear(4, 2)
+
+    def forward(self, x):
+        return self.head(self.block(self.stem(x)).mean(dim=(2, 3)))
+
+
+class UntraceableTop(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 3, 3, padding=1)
+
+    def forward(self, x):
+        for _ in range(int(x.abs().max()) % 3 + 1):  # loop count depends on data
+            x = self.conv(x)
+        return x
+
+
+ZOO = {
+    "conv_zoo": (ConvZoo, (2, 3, 12, 12),
+                 ["stem", "grouped", "depthwise", "pointwise", "tiny", "head"]),
+    "spectral1d": (Spectral1d, (2, 1, 13), ["c1", "c2", "fc"]),
+    "hyperspectral3d": (Hyperspectral3d, (2, 1, 13, 8, 8), ["c1", "c2", "fc"]),
+    "called_twice": (CalledTwice, (2, 4, 6, 6), ["shared", "out"]),
+    "tied": (Tied, (3, 6), ["a", "c"]),
+    "functional": (Functional, (2, 3, 8, 8), ["kernel", "proj"]),
+    "tiny_vit": (TinyViT, (2, 3, 16, 16), ["patch", "attn.in_proj_weight", "attn.out_proj", "mlp.0", "mlp.2", "head"]),
+    "untraceable_block": (WithUntraceableBlock, (2, 3, 8, 8), ["stem", "block.conv", "head"]),
+}
+
+
+def build(name: str, seed: int = 0):
+    factory, shape, names = ZOO[name]
+    torch.manual_seed(seed)
+    model = factory().eval()
+    x = torch.randn(shape, generator=torch.Generator().manual_seed(seed + 1))
+    return model, x, names
