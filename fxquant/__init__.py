@@ -13,6 +13,7 @@ from fxquant.modules import (
     set_weight_cache,
 )
 from fxquant.packing import pack, packed_nbytes, unpack
+from fxquant.oracle import AccuracyOracle
 from fxquant.storage import WeightStorage, state_dict_bytes, weight_storage
 from fxquant.quantizer import QuantizedWeight, dequantize, fake_quantize, quantize_weight
 
@@ -39,16 +40,30 @@ __all__ = [
     "state_dict_bytes",
     "quantize",
     "quantizable_layers",
+    "compress",
+    "report",
+    "CompressionReport",
+    "AccuracyOracle",
+    "SearchConfig",
 ]
 
 # The API layer imports the FX passes, which import this package's numeric core;
 # loading it lazily (PEP 562) keeps `import passes` free of an import cycle.
-_LAZY = {"quantize": "fxquant.api", "quantizable_layers": "fxquant.api"}
+_LAZY = {
+    "quantize": "fxquant.api",
+    "quantizable_layers": "fxquant.api",
+    "compress": "fxquant.api",
+    "report": "fxquant.reporting",
+    "CompressionReport": "fxquant.reporting",
+    "SearchConfig": "passes.search",
+}
 
 
 def __getattr__(name):
     if name in _LAZY:
         import importlib
 
-        return getattr(importlib.import_module(_LAZY[name]), name)
+        value = getattr(importlib.import_module(_LAZY[name]), name)
+        globals()[name] = value
+        return value
     raise AttributeError(f"module 'fxquant' has no attribute {name!r}")

@@ -1,15 +1,20 @@
-"""Public entry points that run the FX passes: ``quantize`` and ``quantizable_layers``."""
+"""Public entry points that run the FX passes: ``compress``, ``quantize``, ``quantizable_layers``."""
 
 from __future__ import annotations
 
-from typing import Callable, Iterable
+import copy
+import dataclasses
+import logging
+from typing import Callable, Collection, Iterable
 
 from torch import fx, nn
 
 import passes
 from fxquant.config import QuantConfig
+from fxquant.oracle import AccuracyOracle
+from passes.search import SearchConfig, search_bits
 
-__all__ = ["quantize", "quantizable_layers", "FilterFn"]
+__all__ = ["compress", "quantize", "quantizable_layers", "FilterFn"]
 
 FilterFn = Callable[[nn.Module, str], bool]
 
@@ -66,3 +71,73 @@ def quantize(model: nn.Module, bits: int | dict[str, int | None] = 4, *, config:
     else:
         raise ValueError(f"bits must be an int or a dict {{layer_name: bits}}, got {type(bits).__name__}")
     return passes.rewrite(gm, widths, config=config, mapping=mapping, layers=layers)
+
+
+def _ensure_progress_output() -> None:
+    """Show the search's per-layer progress lines when the application configured no logging."""
+    logger = logging.getLogger("fxquant")
+    if logger.level == logging.NOTSET:
+        logger.setLevel(logging.INFO)
+    if not logger.handlers and not logging.getLogger().handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        logger.addHandler(handler)
+
+
+def _search_config(config: SearchConfig | None, options: dict) -> SearchConfig:
+    if config is not None and not isinstance(config, SearchConfig):
+        raise ValueError(f"config must be a SearchConfig, got {type(config).__name__}")
+    known = {f.name for f in dataclasses.fields(SearchConfig)}
+    unknown = sorted(set(options) - known)
+    if unknown:
+        raise ValueError(f"unknown compress option(s) {unknown}; options are {sorted(known)}")
+    return dataclasses.replace(config or SearchConfig(), **options)
+
+
+def compress(model: nn.Module, calib_loader: Iterable | None = None, *, oracle: Callable | None = None,
+             config: SearchConfig | None = None, filter_fn: FilterFn | None = None,
+             keep_8bit: FilterFn | Collection[str] | None = None, leaf_modules: Iterable[str] = (),
+             mapping: dict[type, type] | None = None, verbose: bool = True, **options) -> fx.GraphModule:
+    """Trace, annotate, search bit-widths and rewrite ``model``; returns the compressed GraphModule.
+
+    Args:
+        model: the float classifier (never modified; compressed in eval mode).
+        calib_loader: iterable of ``(inputs, targets)`` batches for the default
+            top-1 accuracy oracle. Keep it apart from your test data.
+        oracle: instead, any ``oracle(model) -> float`` (higher is better).
+        config: a :class:`~passes.search.SearchConfig`; ``**options`` override
+            its fields (``margin="fixed"``, ``t_init=0.5``, ``candidates=(2, 4, 8)``,
+            ``strategy="bisect"``, ``evaluation="naive"``, ``quant=QuantConfig(...)``, ...).
+        filter_fn: ``filter_fn(module, layer_name) -> bool``; False keeps a layer float.
+        keep_8bit: layer names, or a ``filter_fn``-style callable, for layers
+            quantized at 8 bits without being searched.
+        leaf_modules, mapping: as for :func:`quantize`.
+        verbose: log one progress line per layer (logger ``fxquant.search``).
+
+    ``fxquant.report(result)`` gives the :class:`~fxquant.report.CompressionReport`.
+    """
+    cfg = _search_config(config, options)
+    if oracle is None:
+        oracle = AccuracyOracle(calib_loader)
+    elif not callable(oracle):
+        raise ValueError(f"oracle must be callable(model) -> float, got {type(oracle).__name__}")
+    if verbose:
+        _ensure_progress_output()
+    work = copy.deepcopy(model).eval()
+    gm = passes.trace(work, leaf_modules=leaf_modules, copy_model=False)
+    layers = passes.find_layers(gm)
+    passes.annotate_importance(gm, w_p=cfg.w_p, w_v=cfg.w_v, layers=layers)
+    chosen = select_layers(gm, layers, filter_fn)
+    if keep_8bit is None:
+        keep = set()
+    elif callable(keep_8bit):
+        keep = {lay.name for lay in select_layers(gm, chosen, keep_8bit)}
+    else:
+        keep = set(keep_8bit)
+        unknown = sorted(keep - {lay.name for lay in layers})
+        if unknown:
+            raise ValueError(f"keep_8bit names no layer of the model: {unknown[:5]}")
+    result = search_bits(gm, oracle, cfg, layers=chosen, keep_8bit=keep, verbose=verbose)
+    passes.rewrite(gm, result.bits, config=cfg.quant, mapping=mapping, layers=layers)
+    gm.meta["fxquant"] = result
+    return gm

@@ -15,7 +15,7 @@ import torch
 from torch import fx
 
 from fxquant.importance import importance_scores
-from passes.layers import Layer, find_layers
+from passes.layers import Layer, find_layers, weight_of
 
 __all__ = ["LayerInfo", "NodeAnnotation", "annotate_importance", "layer_infos", "update_layer_infos",
            "META_KEY"]
@@ -65,11 +65,6 @@ class NodeAnnotation:
         return sum(i.bits * i.params for i in decided) / sum(i.params for i in decided)
 
 
-def _weight_of(gm: fx.GraphModule, layer: Layer) -> torch.Tensor:
-    owner = gm.get_submodule(layer.module_path) if layer.module_path else gm
-    return owner._parameters[layer.attr] if layer.how == "mha" else getattr(owner, layer.attr)
-
-
 def annotate_importance(gm: fx.GraphModule, *, w_p: float = 0.5, w_v: float = 0.5,
                         layers: list[Layer] | None = None) -> list[LayerInfo]:
     """Annotate ``gm`` in place (``node.meta`` only; the graph is unchanged) with eqs. 1-3.
@@ -82,7 +77,7 @@ def annotate_importance(gm: fx.GraphModule, *, w_p: float = 0.5, w_v: float = 0.
         raise ValueError(f"{type(gm).__name__} has no conv/linear/attention weights to quantize")
     variances = []
     for layer in layers:
-        w = _weight_of(gm, layer).detach()
+        w = weight_of(gm, layer).detach()
         if not torch.isfinite(w).all():
             raise ValueError(f"layer {layer.name}: weight contains NaN/inf")
         variances.append(float(w.double().var(unbiased=False)))

@@ -31,7 +31,7 @@ from torch import fx, nn
 from fxquant.attention import MHA_PROJECTION_PARAMS
 from fxquant.modules import is_quantized_module, quant_module_for
 
-__all__ = ["Layer", "find_layers", "layers_by_name"]
+__all__ = ["Layer", "find_layers", "layers_by_name", "weight_of"]
 
 # Functions whose tensor arguments are weights of a conv / matrix product.
 _WEIGHT_CONSUMERS = {
@@ -131,7 +131,7 @@ def find_layers(gm: fx.GraphModule) -> list[Layer]:
             continue  # a module called twice, or read both ways
         seen_paths.add((module_path, attr))
         owner = gm.get_submodule(module_path) if module_path else gm
-        weight = getattr(owner, attr) if how != "mha" else owner._parameters[attr]
+        weight = getattr(owner, attr)
         first = by_param.get(id(weight))
         if first is not None:  # weight tying: one layer, remember the extra owner
             prev = layers[first]
@@ -148,3 +148,9 @@ def find_layers(gm: fx.GraphModule) -> list[Layer]:
 def layers_by_name(gm: fx.GraphModule) -> dict[str, Layer]:
     """``find_layers`` as a dict keyed by the stable layer name."""
     return {layer.name: layer for layer in find_layers(gm)}
+
+
+def weight_of(gm: nn.Module, layer: Layer) -> torch.Tensor:
+    """The live (float) weight tensor of ``layer`` in ``gm``."""
+    owner = gm.get_submodule(layer.module_path) if layer.module_path else gm
+    return getattr(owner, layer.attr)

@@ -20,7 +20,7 @@ from fxquant.modules import is_quantized_module, quant_module_for
 
 __all__ = ["FxquantTracer", "TraceFailure", "trace"]
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("fxquant.trace")
 
 _MAX_FALLBACKS = 32
 

@@ -1,0 +1,200 @@
+"""Oracle evaluation of a float GraphModule whose layer weights the search changes.
+
+Two ways, giving bit-for-bit the same accuracies:
+
+* naive: every evaluation runs the whole model over the whole calibration set;
+* fast: while one layer is searched, nothing upstream of it can change. The
+  *frontier* (values computed outside the layer's downstream cone that feed
+  into it) is computed once per layer and cached for every batch, and each
+  candidate runs only the downstream nodes. An evaluation also stops as soon as
+  the remaining samples could no longer lift the accuracy to the threshold
+  (the accept/reject decision is then certain; the accuracy is not needed).
+
+Fast evaluation needs the default :class:`~fxquant.oracle.AccuracyOracle`
+(a user oracle is a black box over the whole model) and a single-input graph
+without in-place ops on shared values; otherwise the naive way is used.
+"""
+
+from __future__ import annotations
+
+import logging
+import operator
+
+import torch
+from torch import fx
+
+from fxquant.oracle import AccuracyOracle, check_oracle_value
+from passes.layers import Layer
+
+__all__ = ["GraphEvaluator", "fast_path_blocker"]
+
+log = logging.getLogger("fxquant.evaluate")
+
+_INPLACE_FUNCTIONS = {operator.iadd, operator.isub, operator.imul, operator.itruediv, operator.iand,
+                      operator.ior}
+
+
+def _mutated_input(gm: fx.GraphModule, node: fx.Node) -> fx.Node | None:
+    """The input a node modifies in place, if any."""
+    first = node.args[0] if node.args and isinstance(node.args[0], fx.Node) else None
+    if node.op == "call_function" and (node.target in _INPLACE_FUNCTIONS or node.kwargs.get("inplace")):
+        return first
+    if node.op == "call_method" and node.target.endswith("_") and not node.target.startswith("_"):
+        return first
+    if node.op == "call_module" and getattr(gm.get_submodule(node.target), "inplace", False) is True:
+        return first
+    return None
+
+
+def fast_path_blocker(gm: fx.GraphModule, oracle) -> str | None:
+    """Why fast evaluation cannot be used on ``gm`` with ``oracle`` (None if it can)."""
+    if not isinstance(oracle, AccuracyOracle):
+        return "a user-supplied oracle is evaluated on the whole model"
+    if sum(n.op == "placeholder" for n in gm.graph.nodes) != 1:
+        return "the model does not take exactly one input"
+    for node in gm.graph.nodes:
+        mutated = _mutated_input(gm, node)
+        if mutated is not None and len(mutated.users) > 1:
+            return f"node {node.name} modifies {mutated.name} in place while other nodes read it"
+    return None
+
+
+class GraphEvaluator:
+    """Runs ``oracle`` on ``gm`` and counts oracle calls and layer-forwards.
+
+    A *layer-forward* is one execution, on one batch, of a graph node that
+    computes with a layer weight.
+    """
+
+    def __init__(self, gm: fx.GraphModule, oracle, layers: list[Layer], fast: bool = True):
+        self.gm, self.oracle, self.layers = gm, oracle, layers
+        self.calls = 0
+        self.layer_forwards = 0
+        self._uses = {layer.name: self._nodes_using(layer) for layer in layers}
+        self._weighted = set().union(*self._uses.values()) if layers else set()
+        blocker = fast_path_blocker(gm, oracle) if fast else "naive evaluation was requested"
+        self.fast = blocker is None
+        if fast and blocker:
+            # A user oracle is an expected choice, not a problem worth a warning.
+            level = logging.INFO if not isinstance(oracle, AccuracyOracle) else logging.WARNING
+            log.log(level, "fxquant: fast evaluation disabled (%s); using naive evaluation", blocker)
+        self._interp = fx.Interpreter(gm, garbage_collect_values=False)
+        self._order = list(gm.graph.nodes)
+        self._placeholder = next((n for n in self._order if n.op == "placeholder"), None)
+        self._last_use = self._last_uses()
+        self._cone: list[fx.Node] = []
+        self._cache: list[dict] = []
+        self._clone: set[fx.Node] = set()
+
+    # ----- graph bookkeeping -------------------------------------------------------------------
+    def _nodes_using(self, layer: Layer) -> set[fx.Node]:
+        paths = {layer.param_path, *layer.tied}
+        owners = {p.rpartition(".")[0] for p in paths}
+        out = set()
+        for node in self.gm.graph.nodes:
+            if node.op == "get_attr" and node.target in paths:
+                out.update(node.users)
+            elif node.op == "call_module" and any(
+                    o == node.target or o.startswith(node.target + ".") for o in owners):
+                out.add(node)
+        return out
+
+    def _last_uses(self) -> dict[fx.Node, list[fx.Node]]:
+        last: dict[fx.Node, fx.Node] = {}
+        for node in self._order:
+            for inp in node.all_input_nodes:
+                last[inp] = node
+        by_user: dict[fx.Node, list[fx.Node]] = {}
+        for value, user in last.items():
+            by_user.setdefault(user, []).append(value)
+        return by_user
+
+    def _downstream(self, layer: Layer) -> set[fx.Node]:
+        starts = set(self._uses[layer.name])
+        starts.update(n for n in self.gm.graph.nodes
+                      if n.op == "get_attr" and n.target in {layer.param_path, *layer.tied})
+        cone, stack = set(), list(starts)
+        while stack:
+            node = stack.pop()
+            if node not in cone:
+                cone.add(node)
+                stack.extend(node.users)
+        return cone
+
+    # ----- running ---------------------------------------------------------------------------
+    def _run(self, env: dict, nodes: list[fx.Node], keep: set[fx.Node] = frozenset()):
+        interp = self._interp
+        interp.env = env
+        out = None
+        for node in nodes:
+            if node.op == "output":
+                out = interp.fetch_args_kwargs_from_env(node)[0][0]
+                break
+            env[node] = interp.run_node(node)
+            if node in self._weighted:
+                self.layer_forwards += 1
+            for dead in self._last_use.get(node, ()):
+                if dead not in keep:
+                    env.pop(dead, None)
+        return out
+
+    @torch.no_grad()
+    def evaluate(self, threshold: float | None = None) -> tuple[float, bool]:
+        """Oracle value of the whole model: ``(value, complete)``.
+
+        With a threshold and fast evaluation, stops once the threshold is out of
+        reach and returns ``complete=False`` (the value is then an upper bound).
+        """
+        self.calls += 1
+        if not isinstance(self.oracle, AccuracyOracle):
+            return check_oracle_value(self.oracle(self.gm)), True
+        if not self.fast:
+            correct = 0
+            for i, (x, y) in enumerate(self.oracle.batches):
+                correct += self.oracle.correct(self.gm(x), y, i)
+                self.layer_forwards += len(self._weighted)
+            return self.oracle.accuracy(correct), True
+        return self._score(lambda i, x: self._run({self._placeholder: x}, self._order[1:]), threshold)
+
+    def _score(self, forward, threshold):
+        correct = seen = 0
+        for i, (x, y) in enumerate(self.oracle.batches):
+            correct += self.oracle.correct(forward(i, x), y, i)
+            seen += y.numel()
+            if threshold is not None and not self.oracle.can_still_reach(correct, seen, threshold):
+                return self.oracle.accuracy(correct + self.oracle.total - seen), False
+        return self.oracle.accuracy(correct), True
+
+    @torch.no_grad()
+    def focus(self, layer: Layer) -> None:
+        """Cache the frontier of ``layer`` under the current weights (fast mode; no-op otherwise)."""
+        if not self.fast:
+            return
+        cone = self._downstream(layer)
+        self._cone = [n for n in self._order if n in cone]
+        frontier = {inp for n in self._cone for inp in n.all_input_nodes if inp not in cone}
+        prefix = [n for n in self._order[1:] if n not in cone and n.op != "output"]
+        # A downstream op that modifies a cached value in place gets a fresh copy each run.
+        self._clone = {m for n in self._cone if (m := _mutated_input(self.gm, n)) in frontier}
+        self._cache = []
+        for x, _ in self.oracle.batches:
+            env = {self._placeholder: x}
+            self._run(env, prefix, keep=frontier)
+            self._cache.append({n: env[n] for n in frontier})
+
+    @torch.no_grad()
+    def evaluate_focused(self, threshold: float | None = None) -> tuple[float, bool]:
+        """Like :meth:`evaluate` after only the focused layer changed (fast mode re-runs its cone)."""
+        if not self.fast:
+            return self.evaluate(threshold)
+        self.calls += 1
+
+        def forward(i, _x):
+            env = {n: (v.clone() if n in self._clone else v) for n, v in self._cache[i].items()}
+            return self._run(env, self._cone)
+
+        return self._score(forward, threshold)
+
+    def release(self) -> None:
+        self._cache, self._cone = [], []
+

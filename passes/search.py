@@ -1,0 +1,220 @@
+"""Search pass: per-layer bit-widths against an accuracy oracle (the paper's section 2.2).
+
+Baseline: the oracle value of the model with every searched layer at 8 bits.
+Layers are visited in descending importance (ties: execution order); each gets
+the lowest candidate width whose oracle value is ``>= baseline - T_margin(l)``,
+with the layers already decided kept at their widths and the rest at 8 bits.
+If no candidate passes, the layer keeps the widest candidate.
+
+``T_margin(l)`` is ``T_init`` (``margin="fixed"``) or ``T_init * Importance(l)``
+(``margin="adaptive"``, eq. 4). The paper does not say whether Importance is
+rescaled first; ``importance_scale="none"`` (default) applies eq. 4 literally,
+``"max"`` divides by the largest importance so the most important layer gets
+the full ``T_init``. The first and last layer in execution order get
+``edge_factor`` (default half) of their margin.
+
+Strategies: ``"sequential"`` tries widths from the lowest up (the paper);
+``"bisect"`` binary-searches them (fewer oracle calls; assumes accuracy does not
+drop when a layer gets more bits).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+
+import torch
+from torch import fx
+
+from fxquant.config import QuantConfig
+from fxquant.quantizer import fake_quantize
+from passes.evaluate import GraphEvaluator
+from passes.importance import annotate_importance, layer_infos, update_layer_infos
+from passes.layers import Layer, find_layers, weight_of
+
+__all__ = ["SearchConfig", "LayerDecision", "SearchResult", "search_bits"]
+
+log = logging.getLogger("fxquant.search")
+
+MARGINS = ("adaptive", "fixed")
+SCALES = ("none", "max")
+STRATEGIES = ("sequential", "bisect")
+EVALUATIONS = ("fast", "naive")
+
+
+@dataclass(frozen=True)
+class SearchConfig:
+    """Settings of the bit-width search (validated)."""
+
+    candidates: tuple[int, ...] = (1, 2, 3, 4, 5, 6, 7, 8)
+    margin: str = "adaptive"
+    t_init: float = 0.5  # percentage points (or the user oracle's units)
+    importance_scale: str = "none"
+    edge_factor: float = 0.5
+    strategy: str = "sequential"
+    evaluation: str = "fast"
+    baseline_bits: int = 8
+    w_p: float = 0.5
+    w_v: float = 0.5
+    quant: QuantConfig = field(default_factory=QuantConfig)
+
+    def __post_init__(self) -> None:
+        cands = tuple(self.candidates) if not isinstance(self.candidates, (str, bytes)) else ()
+        if not cands or any(isinstance(b, bool) or not isinstance(b, int) or not 1 <= b <= 8 for b in cands):
+            raise ValueError(f"SearchConfig.candidates must be bit-widths in 1..8, got {self.candidates!r}")
+        object.__setattr__(self, "candidates", tuple(sorted(set(cands))))
+        for label, value, allowed in (("margin", self.margin, MARGINS),
+                                      ("importance_scale", self.importance_scale, SCALES),
+                                      ("strategy", self.strategy, STRATEGIES),
+                                      ("evaluation", self.evaluation, EVALUATIONS)):
+            if value not in allowed:
+                raise ValueError(f"SearchConfig.{label} must be one of {allowed}, got {value!r}")
+        for label, value in (("t_init", self.t_init), ("edge_factor", self.edge_factor),
+                             ("w_p", self.w_p), ("w_v", self.w_v)):
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0 \
+                    or value == float("inf"):
+                raise ValueError(f"SearchConfig.{label} must be a finite number >= 0, got {value!r}")
+        if isinstance(self.baseline_bits, bool) or self.baseline_bits not in range(1, 9):
+            raise ValueError(f"SearchConfig.baseline_bits must be in 1..8, got {self.baseline_bits!r}")
+        if not isinstance(self.quant, QuantConfig):
+            raise ValueError(f"SearchConfig.quant must be a QuantConfig, got {type(self.quant).__name__}")
+
+
+@dataclass(frozen=True)
+class LayerDecision:
+    name: str
+    importance: float
+    margin: float
+    threshold: float
+    tried: tuple[tuple[int, float, bool], ...]  # (bits, oracle value, complete evaluation)
+    bits: int
+    accuracy: float  # oracle value once this layer is decided
+
+
+@dataclass(frozen=True)
+class SearchResult:
+    bits: dict[str, int]  # every quantized layer (searched and kept at 8 bits)
+    decisions: tuple[LayerDecision, ...]  # in visiting order
+    float_value: float
+    baseline_value: float
+    final_value: float
+    oracle_calls: int
+    layer_forwards: int
+    seconds: float
+    evaluation: str  # what was actually used: "fast" or "naive"
+    config: SearchConfig
+
+
+def _margin(cfg: SearchConfig, importance: float, max_importance: float, edge: bool) -> float:
+    if cfg.margin == "fixed":
+        margin = cfg.t_init
+    else:
+        scale = max_importance if cfg.importance_scale == "max" and max_importance > 0 else 1.0
+        margin = cfg.t_init * importance / scale
+    return margin * (cfg.edge_factor if edge else 1.0)
+
+
+def search_bits(gm: fx.GraphModule, oracle, config: SearchConfig | None = None, *,
+                layers: list[Layer] | None = None, keep_8bit: set[str] = frozenset(),
+                verbose: bool = True) -> SearchResult:
+    """Search bit-widths for ``gm``'s layers; annotates ``node.meta`` in place.
+
+    The float weights are changed while candidates are evaluated and restored
+    before returning; the graph is not changed (``passes.rewrite`` applies the
+    result). ``layers`` (default: all) are quantized; those named in
+    ``keep_8bit`` stay at ``baseline_bits`` without being searched.
+    """
+    cfg = config or SearchConfig()
+    t0 = time.perf_counter()
+    all_layers = find_layers(gm)
+    layers = all_layers if layers is None else layers
+    if not layers:
+        raise ValueError("no layers to search: the filter excluded every layer")
+    infos = {i.name: i for i in (layer_infos(gm) or annotate_importance(gm, w_p=cfg.w_p, w_v=cfg.w_v))}
+    originals = {lay.name: weight_of(gm, lay).detach().clone() for lay in layers}
+    cache: dict[tuple[str, int], torch.Tensor] = {}
+
+    def set_bits(layer: Layer, bits: int | None) -> None:
+        if bits is None:
+            value = originals[layer.name]
+        else:
+            if (layer.name, bits) not in cache:
+                cache[(layer.name, bits)] = fake_quantize(originals[layer.name], cfg.quant.with_bits(bits),
+                                                          layer.name)
+            value = cache[(layer.name, bits)]
+        with torch.no_grad():
+            weight_of(gm, layer).copy_(value)
+
+    evaluator = GraphEvaluator(gm, oracle, layers, fast=cfg.evaluation == "fast")
+    emit = log.info if verbose else log.debug
+    try:
+        float_value, _ = evaluator.evaluate()
+        for layer in layers:
+            set_bits(layer, cfg.baseline_bits)
+        baseline, _ = evaluator.evaluate()
+        emit("fxquant search: float %.3f, all-%d-bit baseline %.3f over %d layers (%s evaluation)",
+             float_value, cfg.baseline_bits, baseline, len(layers), "fast" if evaluator.fast else "naive")
+        searched = [lay for lay in layers if lay.name not in keep_8bit]
+        order = sorted(searched, key=lambda lay: (-infos[lay.name].importance, lay.order))
+        edges = {all_layers[0].name, all_layers[-1].name}
+        max_imp = max((infos[lay.name].importance for lay in searched), default=0.0)
+        decisions = []
+        for step, layer in enumerate(order, 1):
+            decisions.append(_decide(layer, infos[layer.name].importance, cfg, baseline,
+                                     _margin(cfg, infos[layer.name].importance, max_imp, layer.name in edges),
+                                     evaluator, set_bits))
+            d = decisions[-1]
+            emit("[%d/%d] %s importance=%.4f margin=%.4f tried %s -> %d bits (%.3f)", step, len(order),
+                 layer.name, d.importance, d.margin,
+                 " ".join(f"{b}:{v:.2f}{'' if full else '<'}" for b, v, full in d.tried), d.bits, d.accuracy)
+        final_value, _ = evaluator.evaluate()
+    finally:
+        evaluator.release()
+        for layer in layers:
+            set_bits(layer, None)
+    bits = {lay.name: cfg.baseline_bits for lay in layers}
+    bits.update({d.name: d.bits for d in decisions})
+    changes = {name: {"bits": b} for name, b in bits.items()}
+    for d in decisions:
+        changes[d.name].update(margin=d.margin, accuracy=d.accuracy,
+                               candidates_tried=tuple(b for b, _, _ in d.tried))
+    update_layer_infos(gm, changes)
+    result = SearchResult(bits=bits, decisions=tuple(decisions), float_value=float_value,
+                          baseline_value=baseline, final_value=final_value, oracle_calls=evaluator.calls,
+                          layer_forwards=evaluator.layer_forwards, seconds=time.perf_counter() - t0,
+                          evaluation="fast" if evaluator.fast else "naive", config=cfg)
+    emit("fxquant search: final %.3f (baseline %.3f), %d oracle calls, %d layer-forwards, %.1f s",
+         final_value, baseline, result.oracle_calls, result.layer_forwards, result.seconds)
+    return result
+
+
+def _decide(layer, importance, cfg, baseline, margin, evaluator, set_bits) -> LayerDecision:
+    threshold = baseline - margin
+    evaluator.focus(layer)
+    tried: list[tuple[int, float, bool]] = []
+
+    def passes(bits: int) -> bool:
+        set_bits(layer, bits)
+        value, complete = evaluator.evaluate_focused(threshold)
+        tried.append((bits, value, complete))
+        return complete and value >= threshold
+
+    cands = cfg.candidates
+    chosen = None
+    if cfg.strategy == "sequential":
+        chosen = next((b for b in cands if passes(b)), None)
+    else:
+        lo, hi = 0, len(cands) - 1
+        while lo <= hi:
+            mid = (lo + hi) // 2
+            if passes(cands[mid]):
+                chosen, hi = cands[mid], mid - 1
+            else:
+                lo = mid + 1
+    chosen = cands[-1] if chosen is None else chosen
+    set_bits(layer, chosen)
+    exact = [v for b, v, complete in tried if b == chosen and complete]
+    accuracy = exact[-1] if exact else evaluator.evaluate_focused()[0]
+    return LayerDecision(name=layer.name, importance=importance, margin=margin, threshold=threshold,
+                         tried=tuple(tried), bits=chosen, accuracy=accuracy)
