@@ -6,7 +6,9 @@ Two ways, giving bit-for-bit the same accuracies:
 * fast: while one layer is searched, nothing upstream of it can change. The
   *frontier* (values computed outside the layer's downstream cone that feed
   into it) is computed once per layer and cached for every batch, and each
-  candidate runs only the downstream nodes. An evaluation also stops as soon as
+  candidate runs only the downstream nodes. Frontier values of layers visited
+  later are kept too (up to a memory budget) and stay valid until a decision
+  upstream of them, so most layers need no prefix run at all. An evaluation also stops as soon as
   the remaining samples could no longer lift the accuracy to the threshold
   (the accept/reject decision is then certain; the accuracy is not needed).
 
@@ -63,10 +65,12 @@ class GraphEvaluator:
     """Runs ``oracle`` on ``gm`` and counts oracle calls and layer-forwards.
 
     A *layer-forward* is one execution, on one batch, of a graph node that
-    computes with a layer weight.
+    computes with a layer weight. ``cache_bytes`` bounds the activations kept
+    for layers searched later (fast mode).
     """
 
-    def __init__(self, gm: fx.GraphModule, oracle, layers: list[Layer], fast: bool = True):
+    def __init__(self, gm: fx.GraphModule, oracle, layers: list[Layer], fast: bool = True,
+                 cache_bytes: int = 4 << 30):
         self.gm, self.oracle, self.layers = gm, oracle, layers
         self.calls = 0
         self.layer_forwards = 0
@@ -82,9 +86,10 @@ class GraphEvaluator:
         self._order = list(gm.graph.nodes)
         self._placeholder = next((n for n in self._order if n.op == "placeholder"), None)
         self._last_use = self._last_uses()
-        self._cone: list[fx.Node] = []
-        self._cache: list[dict] = []
+        self.cache_bytes = int(cache_bytes)
+        self._geometries: dict[str, tuple[list[fx.Node], set[fx.Node]]] = {}
         self._clone: set[fx.Node] = set()
+        self.release()
 
     # ----- graph bookkeeping -------------------------------------------------------------------
     def _nodes_using(self, layer: Layer) -> set[fx.Node]:
@@ -122,7 +127,9 @@ class GraphEvaluator:
         return cone
 
     # ----- running ---------------------------------------------------------------------------
-    def _run(self, env: dict, nodes: list[fx.Node], keep: set[fx.Node] = frozenset()):
+    def _run(self, env: dict, nodes: list[fx.Node], keep=frozenset(), capture=None, snapshot=frozenset()):
+        """Run ``nodes`` in order on ``env``; values of ``keep`` survive, those in ``capture``'s
+        keys are recorded (cloned when in ``snapshot``: a later node modifies them in place)."""
         interp = self._interp
         interp.env = env
         out = None
@@ -133,6 +140,8 @@ class GraphEvaluator:
             env[node] = interp.run_node(node)
             if node in self._weighted:
                 self.layer_forwards += 1
+            if capture is not None and node in capture:
+                capture[node].append(env[node].clone() if node in snapshot else env[node])
             for dead in self._last_use.get(node, ()):
                 if dead not in keep:
                     env.pop(dead, None)
@@ -165,22 +174,87 @@ class GraphEvaluator:
                 return self.oracle.accuracy(correct + self.oracle.total - seen), False
         return self.oracle.accuracy(correct), True
 
+    # ----- frontier caching (fast mode) ----------------------------------------------------------
+    def _geometry(self, layer: Layer) -> tuple[list[fx.Node], set[fx.Node]]:
+        """(downstream cone in graph order, frontier) of ``layer``."""
+        if layer.name not in self._geometries:
+            cone = self._downstream(layer)
+            frontier = {inp for n in cone for inp in n.all_input_nodes if inp not in cone}
+            self._geometries[layer.name] = ([n for n in self._order if n in cone], frontier)
+        return self._geometries[layer.name]
+
+    def plan(self, order: list[Layer]) -> None:
+        """Announce the visiting order, so frontier values wanted later can be kept (fast mode)."""
+        self._pending = {layer.name: layer for layer in order}
+
+    def _wanted(self) -> set[fx.Node]:
+        return set().union(*(self._geometry(lay)[1] for lay in self._pending.values()))
+
+    def _required(self, targets: set[fx.Node]) -> list[fx.Node]:
+        """Nodes to run (graph order) so that ``targets`` get values, reusing stored ones."""
+        need, stack = set(), list(targets)
+        while stack:
+            node = stack.pop()
+            if node in need or node in self._store:
+                continue
+            need.add(node)
+            stack.extend(node.all_input_nodes)
+        return [n for n in self._order if n in need]
+
+    def _store_value(self, node: fx.Node, values: list) -> None:
+        size = sum(v.numel() * v.element_size() for v in values if isinstance(v, torch.Tensor))
+        if self._store_bytes + size <= self.cache_bytes:
+            self._store[node] = values
+            self._store_bytes += size
+            self._store_sizes[node] = size
+
+    def _drop(self, node: fx.Node) -> None:
+        self._store.pop(node, None)
+        self._store_bytes -= self._store_sizes.pop(node, 0)
+
     @torch.no_grad()
     def focus(self, layer: Layer) -> None:
-        """Cache the frontier of ``layer`` under the current weights (fast mode; no-op otherwise)."""
+        """Cache the frontier of ``layer`` under the current weights (fast mode; no-op otherwise).
+
+        Frontier values of layers still to come are kept (within ``cache_bytes``)
+        and reused until a decision upstream of them invalidates them.
+        """
         if not self.fast:
             return
-        cone = self._downstream(layer)
-        self._cone = [n for n in self._order if n in cone]
-        frontier = {inp for n in self._cone for inp in n.all_input_nodes if inp not in cone}
-        prefix = [n for n in self._order[1:] if n not in cone and n.op != "output"]
+        self._cone, frontier = self._geometry(layer)
+        cone = set(self._cone)
         # A downstream op that modifies a cached value in place gets a fresh copy each run.
         self._clone = {m for n in self._cone if (m := _mutated_input(self.gm, n)) in frontier}
-        self._cache = []
-        for x, _ in self.oracle.batches:
-            env = {self._placeholder: x}
-            self._run(env, prefix, keep=frontier)
-            self._cache.append({n: env[n] for n in frontier})
+        missing = frontier - set(self._store)
+        if missing:
+            required = self._required(missing)
+            seeds = {i for n in required for i in n.all_input_nodes if i in self._store}
+            mutated = {m for n in required if (m := _mutated_input(self.gm, n)) is not None}
+            wanted = (self._wanted() | frontier) - set(self._store) - cone
+            captured = {n: [] for n in required if n in wanted}
+            for b, (x, _) in enumerate(self.oracle.batches):
+                env = {self._placeholder: x}
+                env.update({n: (self._store[n][b].clone() if n in mutated else self._store[n][b])
+                            for n in seeds})
+                self._run(env, required, keep=set(captured), capture=captured, snapshot=mutated)
+            for node, values in captured.items():
+                self._store_value(node, values)
+            # The current frontier is needed now even if the budget refused to keep it.
+            self._frontier_values = {n: self._store[n] if n in self._store else captured[n] for n in frontier}
+        else:
+            self._frontier_values = {n: self._store[n] for n in frontier}
+
+    def commit(self, layer: Layer) -> None:
+        """``layer``'s width is decided: forget stored values it changed or no one needs."""
+        if not self.fast:
+            return
+        self._pending.pop(layer.name, None)
+        changed = set(self._geometry(layer)[0])
+        wanted = self._wanted()
+        for node in list(self._store):
+            if node.op != "placeholder" and (node in changed or node not in wanted):
+                self._drop(node)
+        self._frontier_values = {}
 
     @torch.no_grad()
     def evaluate_focused(self, threshold: float | None = None) -> tuple[float, bool]:
@@ -190,11 +264,13 @@ class GraphEvaluator:
         self.calls += 1
 
         def forward(i, _x):
-            env = {n: (v.clone() if n in self._clone else v) for n, v in self._cache[i].items()}
+            env = {n: (v[i].clone() if n in self._clone else v[i]) for n, v in self._frontier_values.items()}
             return self._run(env, self._cone)
 
         return self._score(forward, threshold)
 
     def release(self) -> None:
-        self._cache, self._cone = [], []
-
+        self._store, self._store_sizes, self._store_bytes = {}, {}, 0
+        if self.fast:  # the inputs are already in memory: always "stored", never dropped
+            self._store[self._placeholder] = [x for x, _ in self.oracle.batches]
+        self._frontier_values, self._cone, self._pending = {}, [], {}

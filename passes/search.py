@@ -58,6 +58,7 @@ class SearchConfig:
     w_p: float = 0.5
     w_v: float = 0.5
     quant: QuantConfig = field(default_factory=QuantConfig)
+    cache_mb: float = 4096  # activations kept by fast evaluation for layers searched later
 
     def __post_init__(self) -> None:
         cands = tuple(self.candidates) if not isinstance(self.candidates, (str, bytes)) else ()
@@ -71,7 +72,7 @@ class SearchConfig:
             if value not in allowed:
                 raise ValueError(f"SearchConfig.{label} must be one of {allowed}, got {value!r}")
         for label, value in (("t_init", self.t_init), ("edge_factor", self.edge_factor),
-                             ("w_p", self.w_p), ("w_v", self.w_v)):
+                             ("w_p", self.w_p), ("w_v", self.w_v), ("cache_mb", self.cache_mb)):
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0 \
                     or value == float("inf"):
                 raise ValueError(f"SearchConfig.{label} must be a finite number >= 0, got {value!r}")
@@ -146,7 +147,8 @@ def search_bits(gm: fx.GraphModule, oracle, config: SearchConfig | None = None, 
         with torch.no_grad():
             weight_of(gm, layer).copy_(value)
 
-    evaluator = GraphEvaluator(gm, oracle, layers, fast=cfg.evaluation == "fast")
+    evaluator = GraphEvaluator(gm, oracle, layers, fast=cfg.evaluation == "fast",
+                               cache_bytes=int(cfg.cache_mb * 2**20))
     emit = log.info if verbose else log.debug
     try:
         float_value, _ = evaluator.evaluate()
@@ -159,11 +161,13 @@ def search_bits(gm: fx.GraphModule, oracle, config: SearchConfig | None = None, 
         order = sorted(searched, key=lambda lay: (-infos[lay.name].importance, lay.order))
         edges = {all_layers[0].name, all_layers[-1].name}
         max_imp = max((infos[lay.name].importance for lay in searched), default=0.0)
+        evaluator.plan(order)
         decisions = []
         for step, layer in enumerate(order, 1):
             decisions.append(_decide(layer, infos[layer.name].importance, cfg, baseline,
                                      _margin(cfg, infos[layer.name].importance, max_imp, layer.name in edges),
                                      evaluator, set_bits))
+            evaluator.commit(layer)
             d = decisions[-1]
             emit("[%d/%d] %s importance=%.4f margin=%.4f tried %s -> %d bits (%.3f)", step, len(order),
                  layer.name, d.importance, d.margin,
