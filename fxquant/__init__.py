@@ -45,6 +45,11 @@ __all__ = [
     "CompressionReport",
     "AccuracyOracle",
     "SearchConfig",
+    "save",
+    "load",
+    "FxqFormatError",
+    "plot",
+    "draw",
 ]
 
 # The API layer imports the FX passes, which import this package's numeric core;
@@ -56,6 +61,11 @@ _LAZY = {
     "report": "fxquant.reporting",
     "CompressionReport": "fxquant.reporting",
     "SearchConfig": "passes.search",
+    "save": "fxquant.saveload",
+    "load": "fxquant.saveload",
+    "FxqFormatError": "fxquant.saveload",
+    "plot": "fxquant.plotting",
+    "draw": "passes.visualize",
 }
 
 

@@ -11,6 +11,7 @@ from torch import fx, nn
 
 import passes
 from fxquant.config import QuantConfig
+from fxquant.modules import quant_module_for
 from fxquant.oracle import AccuracyOracle
 from passes.search import SearchConfig, search_bits
 
@@ -73,6 +74,18 @@ def quantize(model: nn.Module, bits: int | dict[str, int | None] = 4, *, config:
     return passes.rewrite(gm, widths, config=config, mapping=mapping, layers=layers)
 
 
+def _check_mapping(gm: fx.GraphModule, layers: list[passes.Layer], mapping) -> None:
+    """Fail before a long search, not after it, when a layer has no quantized module."""
+    for layer in layers:
+        if layer.how != "module":
+            continue
+        for path in (layer.param_path, *layer.tied):
+            owner = gm.get_submodule(path.rpartition(".")[0])
+            if quant_module_for(owner, mapping) is None:
+                raise ValueError(f"layer {layer.name}: no quantized module for {type(owner).__name__} "
+                                 f"({path}) in the mapping")
+
+
 def _ensure_progress_output() -> None:
     """Show the search's per-layer progress lines when the application configured no logging."""
     logger = logging.getLogger("fxquant")
@@ -109,12 +122,12 @@ def compress(model: nn.Module, calib_loader: Iterable | None = None, *, oracle: 
             its fields (``margin="fixed"``, ``t_init=0.5``, ``candidates=(2, 4, 8)``,
             ``strategy="bisect"``, ``evaluation="naive"``, ``quant=QuantConfig(...)``, ...).
         filter_fn: ``filter_fn(module, layer_name) -> bool``; False keeps a layer float.
-        keep_8bit: layer names, or a ``filter_fn``-style callable, for layers
-            quantized at 8 bits without being searched.
+        keep_8bit: a layer name, names, or a ``filter_fn``-style callable, for
+            layers quantized at ``baseline_bits`` (8) without being searched.
         leaf_modules, mapping: as for :func:`quantize`.
         verbose: log one progress line per layer (logger ``fxquant.search``).
 
-    ``fxquant.report(result)`` gives the :class:`~fxquant.report.CompressionReport`.
+    ``fxquant.report(result)`` gives the :class:`~fxquant.reporting.CompressionReport`.
     """
     cfg = _search_config(config, options)
     if oracle is None:
@@ -128,15 +141,19 @@ def compress(model: nn.Module, calib_loader: Iterable | None = None, *, oracle: 
     layers = passes.find_layers(gm)
     passes.annotate_importance(gm, w_p=cfg.w_p, w_v=cfg.w_v, layers=layers)
     chosen = select_layers(gm, layers, filter_fn)
+    _check_mapping(gm, chosen, mapping)
     if keep_8bit is None:
         keep = set()
     elif callable(keep_8bit):
         keep = {lay.name for lay in select_layers(gm, chosen, keep_8bit)}
     else:
-        keep = set(keep_8bit)
+        keep = {keep_8bit} if isinstance(keep_8bit, str) else set(keep_8bit)
         unknown = sorted(keep - {lay.name for lay in layers})
         if unknown:
             raise ValueError(f"keep_8bit names no layer of the model: {unknown[:5]}")
+        excluded = sorted(keep - {lay.name for lay in chosen})
+        if excluded:
+            raise ValueError(f"keep_8bit names layers that filter_fn keeps float: {excluded[:5]}")
     result = search_bits(gm, oracle, cfg, layers=chosen, keep_8bit=keep, verbose=verbose)
     passes.rewrite(gm, result.bits, config=cfg.quant, mapping=mapping, layers=layers)
     gm.meta["fxquant"] = result

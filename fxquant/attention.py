@@ -68,5 +68,5 @@ class QuantMultiheadAttention(nn.MultiheadAttention):
         for attr, width in widths.items():
             packed = PackedWeight.from_float(mha._parameters[attr].detach(), width, config,
                                              name=f"{name}.{attr}" if name else attr)
-            q._modules[f"{attr}_packed"] = packed
+            q._modules[f"{attr}_packed"] = packed.train(mha.training)
         return q

@@ -61,7 +61,8 @@ class _PackedWeightMixin:
         self.register_buffer("weight_scale", torch.ones(channels, dtype=torch.float32))
         self.register_buffer("weight_zero_point", torch.zeros(channels, dtype=torch.float32))
         self.cache_weight = False
-        self._weight_cache = None
+        # A non-persistent buffer: follows .to(device), never saved in state_dict.
+        self.register_buffer("_weight_cache", None, persistent=False)
         self.register_load_state_dict_post_hook(_clear_cache_hook)
 
     def _set_quantized(self, qweight: QuantizedWeight) -> None:
@@ -286,11 +287,15 @@ DEFAULT_QUANT_MODULE_MAPPING: dict[type, type] = {
 
 
 def quant_module_for(module: nn.Module, mapping: dict[type, type] | None = None):
-    """The quantized class for ``module`` (subclasses match their nearest mapped base), or None."""
+    """The quantized class for ``module``, or None.
+
+    Subclasses match their nearest mapped base unless they override ``forward``.
+    """
     mapping = DEFAULT_QUANT_MODULE_MAPPING if mapping is None else mapping
     for klass in type(module).__mro__:
         if klass in mapping:
-            return mapping[klass]
+            # A subclass with its own forward (e.g. weight standardisation) would lose it.
+            return mapping[klass] if type(module).forward is klass.forward else None
     return None
 
 

@@ -65,7 +65,9 @@ def _check_weight(weight: torch.Tensor, name: str) -> torch.Tensor:
 
 
 def _rows(weight: torch.Tensor, per_channel: bool) -> torch.Tensor:
-    return weight.reshape(weight.shape[0], -1) if per_channel else weight.reshape(1, -1)
+    if not per_channel:
+        return weight.reshape(1, -1)
+    return weight.reshape(weight.shape[0], weight[0].numel() if weight.shape[0] else 0)
 
 
 def _broadcast(param: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
@@ -101,14 +103,14 @@ def compute_qparams(weight: torch.Tensor, config: QuantConfig, name: str = "weig
     w = _check_weight(weight, name)
     rows = _rows(w, config.per_channel)
     if rows.shape[1] == 0:
-        ones = torch.ones(rows.shape[0])
+        ones = torch.ones(rows.shape[0], device=rows.device)
         return ones, torch.zeros_like(ones)
     if config.clipping == "minmax":
         return _grid_for_ratio(rows, config.bits, config.scheme, 1.0, binary_mean=False)
     if config.bits == 1:
         return _grid_for_ratio(rows, 1, config.scheme, 1.0, binary_mean=True)
     # Weight-MSE clipping: try each ratio for all channels at once, keep the best per channel.
-    best_err = torch.full((rows.shape[0],), float("inf"))
+    best_err = torch.full((rows.shape[0],), float("inf"), device=rows.device)
     best_scale = best_zp = None
     for ratio in torch.linspace(config.mse_min_ratio, 1.0, config.mse_grid).tolist():
         scale, zp = _grid_for_ratio(rows, config.bits, config.scheme, ratio, binary_mean=False)
@@ -130,7 +132,9 @@ def quantize(weight: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor
 
 def dequantize(codes: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor) -> torch.Tensor:
     """Float32 weight ``scale * (codes - zero_point)``, broadcasting the grid along dim 0."""
-    rows = codes.reshape(scale.numel(), -1).to(torch.float32)
+    if codes.numel() == 0:
+        return torch.zeros(codes.shape, dtype=torch.float32, device=codes.device)
+    rows = codes.reshape(scale.numel(), -1).to(torch.float32, copy=True)
     # In place on a 2-D view: about 2x faster than broadcasting over an N-d weight.
     return rows.sub_(zero_point.reshape(-1, 1)).mul_(scale.reshape(-1, 1)).view(codes.shape)
 

@@ -35,7 +35,7 @@ class CompressionReport:
     layers: tuple[LayerReport, ...]  # execution order
     average_bits: float  # eq. 5; float layers count as 32 bits
     packed_bytes: int  # integer weight bytes
-    float32_bytes: int  # the same layers' weights as float32
+    float32_bytes: int  # the packed layers' weights as float32 (layers kept float excluded)
     grid_bytes: int  # per-channel scales and zero points
     float_value: float | None = None  # oracle of the float model
     baseline_value: float | None = None  # oracle of the all-8-bit model
@@ -114,5 +114,5 @@ def report(qmodel: fx.GraphModule) -> CompressionReport:
                      evaluation=summary.evaluation,
                      settings=json.loads(json.dumps(asdict(summary.config))))  # JSON-shaped
     return CompressionReport(layers=layers, average_bits=avg, packed_bytes=storage.packed_bytes,
-                             float32_bytes=4 * sum(i.params for i in infos), grid_bytes=storage.grid_bytes,
+                             float32_bytes=storage.float32_bytes, grid_bytes=storage.grid_bytes,
                              **extra)

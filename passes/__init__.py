@@ -5,6 +5,7 @@ from passes.importance import LayerInfo, NodeAnnotation, annotate_importance, la
 from passes.layers import Layer, find_layers, layers_by_name
 from passes.rewrite import rewrite, validate_bits
 from passes.trace import FxquantTracer, TraceFailure, trace
+from passes.visualize import Drawing, draw
 
 __all__ = [
     "trace",
@@ -21,4 +22,6 @@ __all__ = [
     "rewrite",
     "validate_bits",
     "to_networkx",
+    "draw",
+    "Drawing",
 ]

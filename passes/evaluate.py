@@ -13,15 +13,14 @@ Two ways, giving bit-for-bit the same accuracies:
   (the accept/reject decision is then certain; the accuracy is not needed).
 
 Fast evaluation needs the default :class:`~fxquant.oracle.AccuracyOracle`
-(a user oracle is a black box over the whole model) and a single-input graph
-without in-place ops on shared values; otherwise the naive way is used.
+(a user oracle is a black box over the whole model), a single-input graph, and
+no value written in place before another node reads it (measured once on the
+first batch, see :func:`measure_mutations`); otherwise the naive way is used.
 """
 
 from __future__ import annotations
 
 import logging
-import operator
-
 import torch
 from torch import fx
 
@@ -32,32 +31,61 @@ __all__ = ["GraphEvaluator", "fast_path_blocker"]
 
 log = logging.getLogger("fxquant.evaluate")
 
-_INPLACE_FUNCTIONS = {operator.iadd, operator.isub, operator.imul, operator.itruediv, operator.iand,
-                      operator.ior}
+def _tensors(value):
+    if isinstance(value, torch.Tensor):
+        yield value
+    elif isinstance(value, (tuple, list)):
+        for v in value:
+            yield from _tensors(v)
+    elif isinstance(value, dict):
+        for v in value.values():
+            yield from _tensors(v)
 
 
-def _mutated_input(gm: fx.GraphModule, node: fx.Node) -> fx.Node | None:
-    """The input a node modifies in place, if any."""
-    first = node.args[0] if node.args and isinstance(node.args[0], fx.Node) else None
-    if node.op == "call_function" and (node.target in _INPLACE_FUNCTIONS or node.kwargs.get("inplace")):
-        return first
-    if node.op == "call_method" and node.target.endswith("_") and not node.target.startswith("_"):
-        return first
-    if node.op == "call_module" and getattr(gm.get_submodule(node.target), "inplace", False) is True:
-        return first
-    return None
+@torch.no_grad()
+def measure_mutations(gm: fx.GraphModule, x: torch.Tensor) -> dict[fx.Node, set[fx.Node]]:
+    """Which earlier nodes' tensors each node modifies in place, measured on one input.
+
+    Runs ``gm`` node by node and watches every produced tensor's version
+    counter. A view shares its base's counter, so a write through a view, an
+    ``out=`` argument, ``torch.relu_``, or a leaf module changing its input
+    inside its own ``forward`` are all seen, whatever the op is called.
+    """
+    interp = fx.Interpreter(gm, garbage_collect_values=False)
+    env: dict[fx.Node, object] = {}
+    versions: dict[fx.Node, list] = {}
+    mutations: dict[fx.Node, set[fx.Node]] = {}
+    for node in gm.graph.nodes:
+        if node.op == "output":
+            break
+        interp.env = env
+        env[node] = x.clone() if node.op == "placeholder" else interp.run_node(node)
+        for prev, recs in versions.items():
+            if any(t._version != v for t, v in recs):
+                mutations.setdefault(node, set()).add(prev)
+                versions[prev] = [(t, t._version) for t, _ in recs]
+        versions[node] = [(t, t._version) for t in _tensors(env[node])]
+    return mutations
 
 
-def fast_path_blocker(gm: fx.GraphModule, oracle) -> str | None:
-    """Why fast evaluation cannot be used on ``gm`` with ``oracle`` (None if it can)."""
+def fast_path_blocker(gm: fx.GraphModule, oracle, mutations: dict[fx.Node, set[fx.Node]]) -> str | None:
+    """Why fast evaluation cannot be used on ``gm`` with ``oracle`` (None if it can).
+
+    An in-place write is harmless to caching when every other reader of the
+    written value runs before the writer (ResNet's ``relu(inplace=True)`` and
+    ``out += identity``); a reader after the writer would see a different
+    value when only part of the graph is re-run.
+    """
     if not isinstance(oracle, AccuracyOracle):
         return "a user-supplied oracle is evaluated on the whole model"
     if sum(n.op == "placeholder" for n in gm.graph.nodes) != 1:
         return "the model does not take exactly one input"
-    for node in gm.graph.nodes:
-        mutated = _mutated_input(gm, node)
-        if mutated is not None and len(mutated.users) > 1:
-            return f"node {node.name} modifies {mutated.name} in place while other nodes read it"
+    position = {n: i for i, n in enumerate(gm.graph.nodes)}
+    for writer, written in mutations.items():
+        for value in written:
+            late = [u for u in value.users if u is not writer and position[u] > position[writer]]
+            if late:
+                return f"node {writer.name} modifies {value.name} in place before {late[0].name} reads it"
     return None
 
 
@@ -76,15 +104,20 @@ class GraphEvaluator:
         self.layer_forwards = 0
         self._uses = {layer.name: self._nodes_using(layer) for layer in layers}
         self._weighted = set().union(*self._uses.values()) if layers else set()
-        blocker = fast_path_blocker(gm, oracle) if fast else "naive evaluation was requested"
+        self._order = list(gm.graph.nodes)
+        self._placeholder = next((n for n in self._order if n.op == "placeholder"), None)
+        self._mutations: dict[fx.Node, set[fx.Node]] = {}
+        if isinstance(oracle, AccuracyOracle) and self._placeholder is not None:
+            self._mutations = measure_mutations(gm, oracle.batches[0][0])
+        # A model that writes into its input must not change the calibration data.
+        self._clone_input = any(self._placeholder in written for written in self._mutations.values())
+        blocker = fast_path_blocker(gm, oracle, self._mutations) if fast else "naive evaluation was requested"
         self.fast = blocker is None
         if fast and blocker:
             # A user oracle is an expected choice, not a problem worth a warning.
             level = logging.INFO if not isinstance(oracle, AccuracyOracle) else logging.WARNING
             log.log(level, "fxquant: fast evaluation disabled (%s); using naive evaluation", blocker)
         self._interp = fx.Interpreter(gm, garbage_collect_values=False)
-        self._order = list(gm.graph.nodes)
-        self._placeholder = next((n for n in self._order if n.op == "placeholder"), None)
         self._last_use = self._last_uses()
         self.cache_bytes = int(cache_bytes)
         self._geometries: dict[str, tuple[list[fx.Node], set[fx.Node]]] = {}
@@ -160,10 +193,11 @@ class GraphEvaluator:
         if not self.fast:
             correct = 0
             for i, (x, y) in enumerate(self.oracle.batches):
-                correct += self.oracle.correct(self.gm(x), y, i)
+                correct += self.oracle.correct(self.gm(x.clone() if self._clone_input else x), y, i)
                 self.layer_forwards += len(self._weighted)
             return self.oracle.accuracy(correct), True
-        return self._score(lambda i, x: self._run({self._placeholder: x}, self._order[1:]), threshold)
+        return self._score(lambda i, x: self._run({self._placeholder: x.clone() if self._clone_input else x},
+                                                   self._order[1:]), threshold)
 
     def _score(self, forward, threshold):
         correct = seen = 0
@@ -178,7 +212,9 @@ class GraphEvaluator:
     def _geometry(self, layer: Layer) -> tuple[list[fx.Node], set[fx.Node]]:
         """(downstream cone in graph order, frontier) of ``layer``."""
         if layer.name not in self._geometries:
-            cone = self._downstream(layer)
+            # The output node always runs: a layer on a branch that never reaches the
+            # output still needs the output's other inputs from the frontier.
+            cone = self._downstream(layer) | {self._order[-1]}
             frontier = {inp for n in cone for inp in n.all_input_nodes if inp not in cone}
             self._geometries[layer.name] = ([n for n in self._order if n in cone], frontier)
         return self._geometries[layer.name]
@@ -202,7 +238,7 @@ class GraphEvaluator:
         return [n for n in self._order if n in need]
 
     def _store_value(self, node: fx.Node, values: list) -> None:
-        size = sum(v.numel() * v.element_size() for v in values if isinstance(v, torch.Tensor))
+        size = sum(t.numel() * t.element_size() for v in values for t in _tensors(v))
         if self._store_bytes + size <= self.cache_bytes:
             self._store[node] = values
             self._store_bytes += size
@@ -224,12 +260,12 @@ class GraphEvaluator:
         self._cone, frontier = self._geometry(layer)
         cone = set(self._cone)
         # A downstream op that modifies a cached value in place gets a fresh copy each run.
-        self._clone = {m for n in self._cone if (m := _mutated_input(self.gm, n)) in frontier}
+        self._clone = {v for n in self._cone for v in self._mutations.get(n, ()) if v in frontier}
         missing = frontier - set(self._store)
         if missing:
             required = self._required(missing)
             seeds = {i for n in required for i in n.all_input_nodes if i in self._store}
-            mutated = {m for n in required if (m := _mutated_input(self.gm, n)) is not None}
+            mutated = {v for n in required for v in self._mutations.get(n, ())}
             wanted = (self._wanted() | frontier) - set(self._store) - cone
             captured = {n: [] for n in required if n in wanted}
             for b, (x, _) in enumerate(self.oracle.batches):

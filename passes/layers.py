@@ -7,7 +7,7 @@ A *layer* is one weight tensor, however the graph reaches it:
   wrapped function), or sitting inside a leaf module that was not traced through.
 * ``mha``: a projection parameter of an ``nn.MultiheadAttention`` (its output
   projection is an ``nn.Linear`` and is a ``module`` layer).
-* ``param``: any other parameter of rank >= 2 that reaches ``F.linear``,
+* ``param``: any other Parameter (not buffer) of rank >= 2 that reaches ``F.linear``,
   ``F.conv*``, a matmul or an attention function through ``get_attr``
   (possibly via view-like ops such as ``.t()``).
 
@@ -21,6 +21,7 @@ This pass only reads the graph.
 
 from __future__ import annotations
 
+import logging
 import operator
 from dataclasses import dataclass
 
@@ -32,6 +33,8 @@ from fxquant.attention import MHA_PROJECTION_PARAMS
 from fxquant.modules import is_quantized_module, quant_module_for
 
 __all__ = ["Layer", "find_layers", "layers_by_name", "weight_of"]
+
+log = logging.getLogger("fxquant.layers")
 
 # Functions whose tensor arguments are weights of a conv / matrix product.
 _WEIGHT_CONSUMERS = {
@@ -98,8 +101,11 @@ def _module_candidates(path: str, module: nn.Module):
         full = f"{path}.{sub_name}" if sub_name else path
         if is_quantized_module(sub):
             continue
-        if quant_module_for(sub) is not None and isinstance(getattr(sub, "weight", None), torch.Tensor):
+        if quant_module_for(sub) is not None and isinstance(sub._parameters.get("weight"), torch.Tensor):
             yield "module", full, "weight", type(sub).__name__
+        elif isinstance(sub, (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)):
+            log.warning("fxquant: %s (%s) inside untraced module %s overrides forward; it stays float",
+                        full, type(sub).__name__, path)
         elif isinstance(sub, nn.MultiheadAttention):
             for attr in MHA_PROJECTION_PARAMS:
                 if sub._parameters.get(attr) is not None:
@@ -115,7 +121,7 @@ def find_layers(gm: fx.GraphModule) -> list[Layer]:
             found += [(*c, node.name) for c in _module_candidates(node.target, module)]
         elif node.op == "get_attr":
             module_path, attr, owner = _owner(gm, node.target)
-            value = getattr(owner, attr, None)
+            value = owner._parameters.get(attr)  # buffers are constants, not weights
             if not isinstance(value, torch.Tensor) or not value.is_floating_point() or value.dim() < 2:
                 continue
             if attr == "weight" and quant_module_for(owner) is not None:

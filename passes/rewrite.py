@@ -49,6 +49,7 @@ def validate_bits(bits: dict[str, int | None], layers: list[Layer]) -> dict[str,
 def _set_submodule(gm: nn.Module, path: str, module: nn.Module) -> None:
     parent_path, _, child = path.rpartition(".")
     parent = gm.get_submodule(parent_path) if parent_path else gm
+    module.train(getattr(parent, child).training)  # the replacement keeps the train/eval mode
     setattr(parent, child, module)
 
 
@@ -84,7 +85,7 @@ def _quantize_param(gm, layer: Layer, bits: int, config) -> list[str]:
         module_path, attr = _split(path)
         holder = gm.get_submodule(module_path) if module_path else gm
         delattr(holder, attr)
-        holder.add_module(attr, packed)
+        holder.add_module(attr, packed.train(holder.training))
     return paths
 
 

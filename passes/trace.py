@@ -15,6 +15,7 @@ import logging
 from typing import Iterable
 
 from torch import fx, nn
+from torch.nn.utils import parametrize
 
 from fxquant.modules import is_quantized_module, quant_module_for
 
@@ -67,6 +68,22 @@ class FxquantTracer(fx.Tracer):
             self._stack.pop()
 
 
+def _bake_reparametrizations(root: nn.Module) -> None:
+    """Turn weights computed on the fly (``parametrize``, ``weight_norm``, ``spectral_norm``)
+    into plain parameters holding their current value, so they can be quantized."""
+    for name, module in root.named_modules():
+        if parametrize.is_parametrized(module):
+            for attr in list(module.parametrizations.keys()):
+                parametrize.remove_parametrizations(module, attr, leave_parametrized=True)
+                log.info("fxquant: baked the parametrization of %s.%s into a plain parameter", name, attr)
+        for hook in list(module._forward_pre_hooks.values()):
+            remove = {"WeightNorm": nn.utils.remove_weight_norm,
+                      "SpectralNorm": nn.utils.remove_spectral_norm}.get(type(hook).__name__)
+            if remove is not None:
+                remove(module, hook.name)
+                log.info("fxquant: baked %s of %s.%s into a plain parameter", type(hook).__name__, name, hook.name)
+
+
 def _trace_once(model: nn.Module, leaves: set[str], leaf_types, concrete_args):
     tracer = FxquantTracer(leaves, leaf_types)
     try:
@@ -84,8 +101,11 @@ def _restore_weight_owners(gm: fx.GraphModule, root: nn.Module) -> None:
     ``fx.GraphModule`` copies a ``get_attr`` target under placeholder
     ``nn.Module()`` parents, so a Linear whose weight is fed to a function
     (torchvision's Swin does this) would lose its type; the layer finder and
-    the rewrite need it.
+    the rewrite need it. The placeholders also get the original's train/eval mode.
     """
+    for path, module in gm.named_modules():
+        if path and type(module) is nn.Module:  # an FX placeholder parent: give it the original's mode
+            module.train(root.get_submodule(path).training)
     for node in gm.graph.nodes:
         owner_path = node.target.rpartition(".")[0] if node.op == "get_attr" else ""
         if not owner_path:
@@ -116,7 +136,10 @@ def trace(
         fallback: when a submodule cannot be traced, retry with it as a leaf
             (logged as a warning). With ``False`` the failure raises at once.
         copy_model: deep-copy ``model`` first (default) so later in-place
-            passes never touch the caller's modules.
+            passes never touch the caller's modules. Reparametrized weights
+            (``parametrize``, ``weight_norm``, ``spectral_norm``) are baked into
+            plain parameters of the traced model (of ``model`` itself when
+            ``copy_model=False``).
 
     Raises:
         TraceFailure: tracing failed in the model's own ``forward``, or in a
@@ -125,6 +148,7 @@ def trace(
     if not isinstance(model, nn.Module):
         raise TypeError(f"trace expects an nn.Module, got {type(model).__name__}")
     root = copy.deepcopy(model) if copy_model else model
+    _bake_reparametrizations(root)
     known = {name for name, _ in root.named_modules()}
     leaves = set(leaf_modules)
     unknown = sorted(leaves - known)

@@ -51,6 +51,7 @@ def test_rewrite_structure(name):
     types_before = [type(m) for m in model.modules()]
     q = fxquant.quantize(model, 4)
     assert isinstance(q, fx.GraphModule)
+    assert not any(m.training for m in q.modules())  # replacements keep the eval mode
     q.graph.lint()
     layers = passes.find_layers(passes.trace(model))
     # Every layer packed, each exactly once; no float copy of a layer weight left.

@@ -1,0 +1,73 @@
+"""``fxquant.plot``: per-layer importance and bits, and accuracy vs average bits (matplotlib, extra ``viz``)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Mapping
+
+from fxquant.reporting import CompressionReport
+
+__all__ = ["plot"]
+
+
+def _pyplot():
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")  # files only; never needs a display
+        import matplotlib.pyplot as plt
+    except ImportError as e:
+        raise ImportError("fxquant.plot needs matplotlib: pip install 'fxquant[viz]'") from e
+    return plt
+
+
+def plot(report: CompressionReport, path: str | Path, *, sweep: Mapping[float, float] | None = None,
+         results: Mapping[str, tuple[float, float]] | None = None, title: str | None = None) -> Path:
+    """Save a figure (format from ``path``'s suffix, e.g. .png or .svg) and return its path.
+
+    Top: per layer (execution order), importance as bars and the chosen bits as
+    markers. Bottom (when ``sweep`` or ``results`` are given, or the report has
+    an oracle value): accuracy vs average bits, with ``sweep`` = ``{bits:
+    accuracy}`` of fixed-width models drawn as a curve and ``results`` =
+    ``{label: (average_bits, accuracy)}`` marked; the report's own result is
+    marked as "this search" when it has a final oracle value.
+    """
+    plt = _pyplot()
+    points = dict(results or {})
+    if report.final_value is not None and not points:
+        points["this search"] = (report.average_bits, report.final_value)
+    two = bool(sweep) or bool(points)
+    fig, axes = plt.subplots(2 if two else 1, 1, figsize=(max(8, 0.28 * len(report.layers) + 3), 8 if two else 4.5),
+                             squeeze=False)
+    ax = axes[0][0]
+    names = [lay.name for lay in report.layers]
+    xs = range(len(names))
+    ax.bar(xs, [lay.importance for lay in report.layers], color="#a0529a", label="importance (eq. 3)")
+    ax.set_ylabel("importance")
+    ax.set_xticks(list(xs))
+    ax.set_xticklabels(names, rotation=90, fontsize=7)
+    ax2 = ax.twinx()
+    bits = [32 if lay.bits is None else lay.bits for lay in report.layers]
+    ax2.plot(list(xs), bits, "o", color="#f5b26b", markeredgecolor="#333", label="bits")
+    ax2.set_ylabel("bits (float = 32)" if any(lay.bits is None for lay in report.layers) else "bits")
+    ax2.set_ylim(0, max(bits) + 1)
+    ax.set_title(title or f"{len(names)} layers, average {report.average_bits:.2f} bits (eq. 5)")
+    handles = ax.get_legend_handles_labels()[0] + ax2.get_legend_handles_labels()[0]
+    ax.legend(handles, ["importance (eq. 3)", "bits"], loc="upper left", fontsize=8)
+    if two:
+        bx = axes[1][0]
+        if sweep:
+            ks = sorted(sweep)
+            bx.plot(ks, [sweep[k] for k in ks], "-o", color="#7c3f99", label="fixed bit-width")
+        for i, (label, (avg, acc)) in enumerate(points.items()):
+            bx.plot([avg], [acc], "*", markersize=14, color=f"C{i + 1}", label=label)
+        bx.set_xlabel("average bits (eq. 5)")
+        bx.set_ylabel("accuracy (%)")
+        bx.grid(alpha=0.3)
+        bx.legend(fontsize=8)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=130)
+    plt.close(fig)
+    return path
