@@ -29,7 +29,8 @@ def plot(report: CompressionReport, path: str | Path, *, sweep: Mapping[float, f
     markers. Bottom (when ``sweep`` or ``results`` are given, or the report has
     an oracle value): accuracy vs average bits, with ``sweep`` = ``{bits:
     accuracy}`` of fixed-width models drawn as a curve and ``results`` =
-    ``{label: (average_bits, accuracy)}`` marked; the report's own result is
+    ``{label: (average_bits, accuracy)}`` marked (points above 8 bits, such as
+    the float model, as horizontal reference lines); the report's own result is
     marked as "this search" when it has a final oracle value.
     """
     plt = _pyplot()
@@ -48,19 +49,22 @@ def plot(report: CompressionReport, path: str | Path, *, sweep: Mapping[float, f
     ax.set_xticklabels(names, rotation=90, fontsize=7)
     ax2 = ax.twinx()
     bits = [32 if lay.bits is None else lay.bits for lay in report.layers]
-    ax2.plot(list(xs), bits, "o", color="#f5b26b", markeredgecolor="#333", label="bits")
+    ax2.plot(list(xs), bits, "o", color="#f5b26b", markeredgecolor="#333", label="bits", linestyle="none")
     ax2.set_ylabel("bits (float = 32)" if any(lay.bits is None for lay in report.layers) else "bits")
     ax2.set_ylim(0, max(bits) + 1)
     ax.set_title(title or f"{len(names)} layers, average {report.average_bits:.2f} bits (eq. 5)")
-    handles = ax.get_legend_handles_labels()[0] + ax2.get_legend_handles_labels()[0]
-    ax.legend(handles, ["importance (eq. 3)", "bits"], loc="upper left", fontsize=8)
+    (h1, l1), (h2, l2) = ax.get_legend_handles_labels(), ax2.get_legend_handles_labels()
+    ax.legend(h1 + h2, l1 + l2, loc="upper left", fontsize=8)
     if two:
         bx = axes[1][0]
         if sweep:
             ks = sorted(sweep)
             bx.plot(ks, [sweep[k] for k in ks], "-o", color="#7c3f99", label="fixed bit-width")
         for i, (label, (avg, acc)) in enumerate(points.items()):
-            bx.plot([avg], [acc], "*", markersize=14, color=f"C{i + 1}", label=label)
+            if avg > 8:  # e.g. the float model: a reference line, not a point far to the right
+                bx.axhline(acc, linestyle="--", color=f"C{i + 1}", label=f"{label} ({avg:g} bits)")
+            else:
+                bx.plot([avg], [acc], "*", markersize=14, color=f"C{i + 1}", label=label)
         bx.set_xlabel("average bits (eq. 5)")
         bx.set_ylabel("accuracy (%)")
         bx.grid(alpha=0.3)

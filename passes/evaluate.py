@@ -8,7 +8,9 @@ Two ways, giving bit-for-bit the same accuracies:
   into it) is computed once per layer and cached for every batch, and each
   candidate runs only the downstream nodes. Frontier values of layers visited
   later are kept too (up to a memory budget) and stay valid until a decision
-  upstream of them, so most layers need no prefix run at all. An evaluation also stops as soon as
+  upstream of them, so most layers need no prefix run at all. The samples are
+  re-batched once, least confidently correct first, so that the early stop
+  below rejects a failing width after its first batch or two. An evaluation also stops as soon as
   the remaining samples could no longer lift the accuracy to the threshold
   (the accept/reject decision is then certain; the accuracy is not needed).
 
@@ -100,6 +102,8 @@ class GraphEvaluator:
     def __init__(self, gm: fx.GraphModule, oracle, layers: list[Layer], fast: bool = True,
                  cache_bytes: int = 4 << 30):
         self.gm, self.oracle, self.layers = gm, oracle, layers
+        # The evaluator's own list: reordering it never touches the caller's oracle.
+        self.batches = list(oracle.batches) if isinstance(oracle, AccuracyOracle) else []
         self.calls = 0
         self.layer_forwards = 0
         self._uses = {layer.name: self._nodes_using(layer) for layer in layers}
@@ -108,7 +112,7 @@ class GraphEvaluator:
         self._placeholder = next((n for n in self._order if n.op == "placeholder"), None)
         self._mutations: dict[fx.Node, set[fx.Node]] = {}
         if isinstance(oracle, AccuracyOracle) and self._placeholder is not None:
-            self._mutations = measure_mutations(gm, oracle.batches[0][0])
+            self._mutations = measure_mutations(gm, self.batches[0][0])
         # A model that writes into its input must not change the calibration data.
         self._clone_input = any(self._placeholder in written for written in self._mutations.values())
         blocker = fast_path_blocker(gm, oracle, self._mutations) if fast else "naive evaluation was requested"
@@ -192,16 +196,43 @@ class GraphEvaluator:
             return check_oracle_value(self.oracle(self.gm)), True
         if not self.fast:
             correct = 0
-            for i, (x, y) in enumerate(self.oracle.batches):
+            for i, (x, y) in enumerate(self.batches):
                 correct += self.oracle.correct(self.gm(x.clone() if self._clone_input else x), y, i)
                 self.layer_forwards += len(self._weighted)
             return self.oracle.accuracy(correct), True
         return self._score(lambda i, x: self._run({self._placeholder: x.clone() if self._clone_input else x},
                                                    self._order[1:]), threshold)
 
+    @torch.no_grad()
+    def order_hardest_first(self) -> None:
+        """Re-batch the calibration samples, least confidently correct first (batch sizes kept).
+
+        Every evaluation still counts the same samples, so no accuracy and no
+        decision changes; but a width that costs accuracy shows its errors in
+        the first batches, and the early stop rejects it there. Costs one pass.
+        """
+        if not isinstance(self.oracle, AccuracyOracle):
+            return
+        self.calls += 1
+        margins = []
+        for i, (x, y) in enumerate(self.batches):
+            logits = self.gm(x.clone() if self._clone_input else x)
+            logits = logits[0] if isinstance(logits, (tuple, list)) else logits
+            self.oracle.correct(logits, y, i)  # validates the output and the targets
+            target = logits.gather(1, y.view(-1, 1)).squeeze(1)
+            rival = logits.scatter(1, y.view(-1, 1), float("-inf")).amax(dim=1)
+            margins.append(target - rival)
+            self.layer_forwards += len(self._weighted)
+        order = torch.argsort(torch.cat(margins), stable=True)
+        xs = torch.cat([x for x, _ in self.batches])[order]
+        ys = torch.cat([y for _, y in self.batches])[order]
+        sizes = [len(y) for _, y in self.batches]
+        self.batches = list(zip(xs.split(sizes), ys.split(sizes)))
+        self.release()
+
     def _score(self, forward, threshold):
         correct = seen = 0
-        for i, (x, y) in enumerate(self.oracle.batches):
+        for i, (x, y) in enumerate(self.batches):
             correct += self.oracle.correct(forward(i, x), y, i)
             seen += y.numel()
             if threshold is not None and not self.oracle.can_still_reach(correct, seen, threshold):
@@ -268,7 +299,7 @@ class GraphEvaluator:
             mutated = {v for n in required for v in self._mutations.get(n, ())}
             wanted = (self._wanted() | frontier) - set(self._store) - cone
             captured = {n: [] for n in required if n in wanted}
-            for b, (x, _) in enumerate(self.oracle.batches):
+            for b, (x, _) in enumerate(self.batches):
                 env = {self._placeholder: x}
                 env.update({n: (self._store[n][b].clone() if n in mutated else self._store[n][b])
                             for n in seeds})
@@ -308,5 +339,5 @@ class GraphEvaluator:
     def release(self) -> None:
         self._store, self._store_sizes, self._store_bytes = {}, {}, 0
         if self.fast:  # the inputs are already in memory: always "stored", never dropped
-            self._store[self._placeholder] = [x for x, _ in self.oracle.batches]
+            self._store[self._placeholder] = [x for x, _ in self.batches]
         self._frontier_values, self._cone, self._pending = {}, [], {}

@@ -154,6 +154,7 @@ def search_bits(gm: fx.GraphModule, oracle, config: SearchConfig | None = None, 
         float_value, _ = evaluator.evaluate()
         for layer in layers:
             set_bits(layer, cfg.baseline_bits)
+        evaluator.order_hardest_first()
         baseline, _ = evaluator.evaluate()
         emit("fxquant search: float %.3f, all-%d-bit baseline %.3f over %d layers (%s evaluation)",
              float_value, cfg.baseline_bits, baseline, len(layers), "fast" if evaluator.fast else "naive")

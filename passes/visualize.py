@@ -19,6 +19,7 @@ from __future__ import annotations
 import html
 import json
 import logging
+import os
 import shutil
 import subprocess
 from dataclasses import dataclass
@@ -48,8 +49,15 @@ class Drawing:
     nodes: int
 
 
-def collapsed_graph(gm: fx.GraphModule, collapse: bool = True) -> nx.DiGraph:
-    """The dataflow graph to draw: every node, or (``collapse``) layers, inputs and outputs only."""
+def collapsed_graph(gm: fx.GraphModule, collapse: bool = True, skip_edges: bool = False) -> nx.DiGraph:
+    """The dataflow graph to draw: every node, or (``collapse``) layers, inputs and outputs only.
+
+    Collapsed, a layer is joined to every later layer its output reaches without
+    passing another layer; through a residual stream that is every later layer,
+    so unless ``skip_edges`` only the edges not implied by others are kept (a
+    transitive reduction: a ViT becomes a chain, ResNet blocks keep their
+    downsample branches).
+    """
     full = to_networkx(gm)
     if not collapse:
         return full
@@ -69,7 +77,12 @@ def collapsed_graph(gm: fx.GraphModule, collapse: bool = True) -> nx.DiGraph:
                 g.add_edge(n, m)
             else:
                 stack.extend(full.successors(m))
-    return g
+    if skip_edges:
+        return g
+    reduced = nx.transitive_reduction(g)
+    reduced.add_nodes_from(g.nodes(data=True))
+    reduced.graph.update(g.graph)
+    return reduced
 
 
 def _info(attrs: dict) -> dict:
@@ -150,8 +163,12 @@ def _label(name: str, attrs: dict) -> str:
     bits = attrs.get("bits")
     tag = "float" if bits is None and attrs.get("_decided") else ("?" if bits is None else
                                                                     f"{bits:g}b" if bits % 1 else f"{int(bits)}b")
-    short = attrs["layers"][0]["name"] if len(attrs["layers"]) == 1 else f"{name} ({len(attrs['layers'])} layers)"
-    return f"{short[-28:]}  {tag}"
+    names = [lay["name"] for lay in attrs["layers"]]
+    if len(names) == 1:
+        short = names[0][-30:]
+    else:  # e.g. an attention module: its path, shared by its projection layers
+        short = f"{os.path.commonprefix(names).rstrip('._')[-26:]} ({len(names)} layers)"
+    return f"{short}  {tag}"
 
 
 def _svg(g: nx.DiGraph, pos: dict, edges: dict, widths: dict, title: str, layout: str) -> str:
@@ -240,19 +257,21 @@ document.querySelectorAll("g.layer, g.io").forEach(g => {{
 """
 
 
-def draw(gm: fx.GraphModule, path: str | Path, *, collapse: bool = True, layout: str = "auto",
-         title: str | None = None) -> Drawing:
+def draw(gm: fx.GraphModule, path: str | Path, *, collapse: bool = True, skip_edges: bool = False,
+         layout: str = "auto", title: str | None = None) -> Drawing:
     """Write ``<path>.svg`` and ``<path>.html`` (the suffix of ``path`` is replaced); reads only.
 
     Args:
         gm: a GraphModule annotated by ``passes.annotate_importance`` (as returned
             by ``fxquant.compress``/``fxquant.quantize``, or before any search).
         collapse: keep only layer, input and output nodes.
+        skip_edges: when collapsed, also draw edges implied by longer paths
+            (residual connections); off by default for legibility.
         layout: ``"auto"`` (dot if installed), ``"dot"`` or ``"networkx"``.
     """
     if layout not in ("auto", "dot", "networkx"):
         raise ValueError(f"layout must be 'auto', 'dot' or 'networkx', got {layout!r}")
-    g = collapsed_graph(gm, collapse)
+    g = collapsed_graph(gm, collapse, skip_edges)
     layer_nodes = [n for n, a in g.nodes(data=True) if a.get("is_layer")]
     if not layer_nodes:
         raise ValueError("the graph carries no fxquant annotations: run passes.annotate_importance first, "

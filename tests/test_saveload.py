@@ -14,6 +14,8 @@ import torchvision
 from torch import nn
 
 import fxquant
+import fxquant.fxqfile
+import fxquant.fxqheader
 import passes
 from fxquant import FxqFormatError, QuantConfig
 from fxquant.saveload import FORMAT_VERSION, MAGIC, read_header
@@ -204,11 +206,12 @@ def test_loading_never_unpickles(tmp_path, monkeypatch):
     monkeypatch.setattr(torch, "load", forbidden)
     loaded = fxquant.load(tmp_path / "m.fxq", build("tiny_vit", seed=1)[0])
     assert torch.equal(loaded(x), q(x))
-    tree = ast.parse(inspect.getsource(fxquant.saveload))
-    imported = {alias.name for node in ast.walk(tree) if isinstance(node, (ast.Import, ast.ImportFrom))
-                for alias in node.names} | {node.module for node in ast.walk(tree)
-                                            if isinstance(node, ast.ImportFrom)}
-    assert not imported & {"pickle", "marshal", "dill", "cloudpickle", "shelve"}
+    for module in (fxquant.saveload, fxquant.fxqfile, fxquant.fxqheader):  # every module on the read path
+        tree = ast.parse(inspect.getsource(module))
+        imported = {alias.name for node in ast.walk(tree) if isinstance(node, (ast.Import, ast.ImportFrom))
+                    for alias in node.names} | {node.module for node in ast.walk(tree)
+                                                if isinstance(node, ast.ImportFrom)}
+        assert not imported & {"pickle", "marshal", "dill", "cloudpickle", "shelve"}, module.__name__
 
 
 # ----------------------------------------------------------------------------- damaged files

@@ -1,0 +1,223 @@
+"""The data side of the ``fxquant`` command line: labelled images in memory, batches, accuracy.
+
+:func:`load_data` reads a EuroSAT root (:func:`fxquant.datasets.load_eurosat`)
+or any ImageFolder (``<root>/<class>/<image>``, decoded with Pillow) into
+:class:`LabelledImages`, which splits itself with the seeded stratified split
+and yields normalised, resized batches (:class:`FloatBatches` for data that is
+not 3-channel uint8). :func:`accuracy` is top-1 over such batches. Every
+problem is a :class:`fxquant.cli_output.CliError`.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from fxquant.cli_output import CliError
+
+__all__ = ["TEST_FRACTION", "LabelledImages", "FloatBatches", "load_data", "accuracy"]
+
+log = logging.getLogger("fxquant.cli")
+
+_IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
+TEST_FRACTION = 0.2
+
+
+class FloatBatches:
+    """Re-iterable normalised ``(x, y)`` batches over an in-memory float image tensor ``[N, C, H, W]``.
+
+    The counterpart of :class:`fxquant.datasets.TensorBatches` for data that is
+    not 3-channel uint8 (the demo's 13-band synthetic images): ``x = (images -
+    mean) / std``, resized to ``size`` if given; with ``shuffle``, pass ``k``
+    uses a permutation seeded with ``seed + k``.
+    """
+
+    def __init__(self, images, labels, indices, *, mean, std, size=None, batch_size=128, shuffle=False,
+                 seed=0):
+        import torch
+
+        self.images, self.labels = images, labels
+        self.indices = torch.as_tensor(indices, dtype=torch.int64).flatten()
+        channels = images.shape[1]
+        self.mean = torch.as_tensor(mean, dtype=torch.float32).view(1, channels, 1, 1)
+        self.std = torch.as_tensor(std, dtype=torch.float32).view(1, channels, 1, 1)
+        self.size = None if size is None or tuple(size) == tuple(images.shape[-2:]) else tuple(size)
+        self.batch_size, self.shuffle, self.seed, self.epoch = int(batch_size), bool(shuffle), int(seed), 0
+
+    def __len__(self) -> int:
+        return math.ceil(self.indices.numel() / self.batch_size)
+
+    def __iter__(self):
+        import torch
+
+        order = self.indices
+        if self.shuffle:
+            order = order[torch.randperm(order.numel(), generator=torch.Generator().manual_seed(self.seed +
+                                                                                               self.epoch))]
+        self.epoch += 1
+        for b in range(len(self)):
+            idx = order[b * self.batch_size:(b + 1) * self.batch_size]
+            x = (self.images[idx].to(torch.float32) - self.mean) / self.std
+            yield _resize(x, self.size), self.labels[idx]
+
+
+def _resize(x, size):
+    """Bilinear, antialiased resize of a float batch (the same function for compress, eval and demo)."""
+    if size is None or tuple(x.shape[-2:]) == tuple(size):
+        return x
+    import torch.nn.functional as F
+
+    return F.interpolate(x, size=tuple(size), mode="bilinear", antialias=True, align_corners=False)
+
+
+class _Renormalize:
+    """``TensorBatches`` normalises with the EuroSAT constants: re-normalise to ``mean/std`` and resize."""
+
+    def __init__(self, mean, std, size):
+        import torch
+
+        from fxquant.datasets import EUROSAT_MEAN, EUROSAT_STD
+
+        em, es = (torch.tensor(v, dtype=torch.float32).view(1, 3, 1, 1) for v in (EUROSAT_MEAN, EUROSAT_STD))
+        m, s = (torch.tensor(v, dtype=torch.float32).view(1, 3, 1, 1) for v in (mean, std))
+        self.identity = tuple(mean) == tuple(EUROSAT_MEAN) and tuple(std) == tuple(EUROSAT_STD)
+        self.scale, self.shift = es / s, (em - m) / s
+        self.size = size
+
+    def __call__(self, x):
+        if not self.identity:
+            x = x * self.scale + self.shift
+        return _resize(x, self.size)
+
+
+@dataclass
+class LabelledImages:
+    """Labelled images in memory: uint8 RGB ``[N, 3, H, W]`` (EuroSAT, ImageFolder) or float (synthetic)."""
+
+    kind: str  # "eurosat" | "imagefolder" | "synthetic"
+    images: object  # torch.Tensor
+    labels: object  # torch.Tensor, int64 [N]
+    classes: tuple[str, ...]
+    root: str | None = None
+    info: dict = field(default_factory=dict)  # how to regenerate it (synthetic)
+
+    @property
+    def channels(self) -> int:
+        return int(self.images.shape[1])
+
+    @property
+    def native_size(self) -> tuple[int, int]:
+        return int(self.images.shape[2]), int(self.images.shape[3])
+
+    def split(self, seed: int, test_fraction: float = TEST_FRACTION):
+        """The seeded stratified ``(train_idx, test_idx)`` (:func:`fxquant.datasets.stratified_split`)."""
+        from fxquant.datasets import stratified_split
+
+        return stratified_split(self.labels, test_fraction, seed)
+
+    def loader(self, indices, *, mean, std, size=None, batch_size=128, shuffle=False, seed=0):
+        """Normalised batches over ``indices``, resized to ``size`` (``(H, W)``) if it differs."""
+        import torch
+
+        if self.images.dtype == torch.uint8 and self.channels == 3:
+            from fxquant.datasets import TensorBatches
+
+            size = None if size is None or tuple(size) == self.native_size else tuple(size)
+            return TensorBatches(self.images, self.labels, indices, batch_size=batch_size, shuffle=shuffle,
+                                 seed=seed, augment=_Renormalize(mean, std, size))
+        return FloatBatches(self.images, self.labels, indices, mean=mean, std=std, size=size,
+                            batch_size=batch_size, shuffle=shuffle, seed=seed)
+
+    def describe(self) -> str:
+        where = f" at {self.root}" if self.root else ""
+        h, w = self.native_size
+        return (f"{self.kind} data{where}: {len(self.labels):,} images of {self.channels}x{h}x{w}, "
+                f"{len(self.classes)} classes")
+
+
+def _eurosat_folder(root: Path) -> bool:
+    return (root / "eurosat" / "2750").is_dir() or (root / "2750").is_dir() or root.name == "2750"
+
+
+def _decode_folder(root: Path, image_size: tuple[int, int] | None):
+    """Decode an ImageFolder (``root/<class>/<image>``) into uint8 RGB ``[N, 3, H, W]`` with Pillow."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    classes = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    files, labels = [], []
+    for label, name in enumerate(classes):
+        found = sorted(p for p in (root / name).rglob("*") if p.is_file() and p.suffix.lower() in _IMAGE_EXTENSIONS)
+        files += found
+        labels += [label] * len(found)
+    if not files:
+        raise CliError(f"no images found under {root} (expected {root}/<class>/<image>.png|jpg|... or a EuroSAT "
+                       "root holding eurosat/2750)")
+    log.info("decoding %d images of %d classes from %s", len(files), len(classes), root)
+
+    def decode(path: Path):
+        try:
+            with Image.open(path) as im:
+                im = im.convert("RGB")
+                if image_size is not None and im.size != (image_size[1], image_size[0]):
+                    im = im.resize((image_size[1], image_size[0]), Image.BILINEAR)
+                return np.asarray(im)
+        except Exception as e:  # noqa: BLE001
+            raise CliError(f"cannot read image {path}: {type(e).__name__}: {e}") from e
+
+    with ThreadPoolExecutor(max_workers=max(1, min(4, os.cpu_count() or 1))) as pool:
+        arrays = list(pool.map(decode, files))
+    shapes = {a.shape for a in arrays}
+    if len(shapes) > 1:
+        (h1, w1, _), (h2, w2, _) = sorted(shapes)[:2]
+        raise CliError(f"the images under {root} have different sizes ({h1}x{w1}, {h2}x{w2}, ...); pass "
+                       "--image-size N to resize them")
+    images = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()
+    return images, torch.tensor(labels, dtype=torch.int64), tuple(classes)
+
+
+def load_data(path: str | os.PathLike, image_size: tuple[int, int] | None = None) -> LabelledImages:
+    """A EuroSAT root (decoded with :func:`fxquant.datasets.load_eurosat`, cached) or any ImageFolder."""
+    root = Path(path).expanduser()
+    if not root.exists():
+        raise CliError(f"no data at {path}")
+    if not root.is_dir():
+        raise CliError(f"--data {path} is not a folder (expected a EuroSAT root or an ImageFolder)")
+    if _eurosat_folder(root):
+        from fxquant.datasets import cache_dir, load_eurosat
+
+        log.info("reading EuroSAT from %s (decoded images cached in %s)", root, cache_dir())
+        arrays = load_eurosat(root)
+        return LabelledImages("eurosat", arrays.images, arrays.labels, tuple(arrays.classes), root=str(root))
+    images, labels, classes = _decode_folder(root, image_size)
+    return LabelledImages("imagefolder", images, labels, classes, root=str(root))
+
+
+def accuracy(model, loader, what: str) -> tuple[float, int]:
+    """Top-1 accuracy (%) and sample count of ``model`` over ``loader``; progress every few seconds."""
+    import torch
+
+    correct = seen = 0
+    indices = getattr(loader, "indices", None)
+    total = int(indices.numel()) if indices is not None else None
+    last = time.perf_counter()
+    with torch.inference_mode():
+        for x, y in loader:
+            out = model(x)
+            if isinstance(out, (tuple, list)):
+                out = out[0]
+            correct += int((out.argmax(1) == y).sum())
+            seen += int(y.numel())
+            if time.perf_counter() - last > 5:
+                last = time.perf_counter()
+                log.info("  %s: %s/%s images", what, f"{seen:,}", f"{total:,}" if total else "?")
+    if seen == 0:
+        raise CliError(f"{what}: no images to evaluate")
+    return 100.0 * correct / seen, seen
