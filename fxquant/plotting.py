@@ -52,9 +52,11 @@ def plot(report: CompressionReport, path: str | Path, *, sweep: Mapping[float, f
     ax2.plot(list(xs), bits, "o", color="#f5b26b", markeredgecolor="#333", label="bits", linestyle="none")
     ax2.set_ylabel("bits (float = 32)" if any(lay.bits is None for lay in report.layers) else "bits")
     ax2.set_ylim(0, max(bits) + 1)
-    ax.set_title(title or f"{len(names)} layers, average {report.average_bits:.2f} bits (eq. 5)")
+    ax.set_title(title or f"{len(names)} layers, average {report.average_bits:.2f} bits (eq. 5)", pad=22)
     (h1, l1), (h2, l2) = ax.get_legend_handles_labels(), ax2.get_legend_handles_labels()
-    ax.legend(h1 + h2, l1 + l2, loc="upper left", fontsize=8)
+    # Above the axes: inside, the twin axis' markers would be drawn over it.
+    ax2.legend(h1 + h2, l1 + l2, loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=2, fontsize=8,
+               numpoints=1, frameon=False)
     if two:
         bx = axes[1][0]
         if sweep:
