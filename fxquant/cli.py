@@ -208,6 +208,22 @@ def _check_classes(data: LabelledImages, meta: dict, file) -> None:
                        f"compressed with ({', '.join(map(str, recorded[:4]))}, ...)")
 
 
+def _bounded_scalars(values: dict, limit: int = 4096) -> bool:
+    """JSON values a file may pass to a factory: small numbers and booleans only."""
+    return all(isinstance(v, bool) or (isinstance(v, (int, float)) and abs(v) <= limit)
+               for v in values.values())
+
+
+def _check_recorded_spec(spec: str, meta: dict, file) -> None:
+    """A .fxq may come from anyone: never import code it names, nor pass it arbitrary arguments."""
+    if ":" in spec and not spec.startswith("fxquant."):
+        raise CliError(f"{file} was compressed from the custom architecture {spec!r}; fxquant does not import "
+                       f"code named inside a file: pass --model {spec} yourself if you trust it")
+    kwargs = meta.get("model_kwargs") or {}
+    if not isinstance(kwargs, dict) or not _bounded_scalars(kwargs):
+        raise CliError(f"{file} records unusable model arguments {kwargs!r}; pass --model to rebuild it")
+
+
 def _cmd_eval(args) -> int:
     import fxquant
     from fxquant.saveload import read_header
@@ -220,6 +236,8 @@ def _cmd_eval(args) -> int:
         raise CliError(f"{args.file} records no model spec (not written by 'fxquant compress' or 'fxquant demo'); "
                        "pass --model NAME|MODULE:FUNCTION and --num-classes N")
     check_model_spec(spec)
+    if args.model is None:
+        _check_recorded_spec(spec, meta, args.file)
     num_classes = args.num_classes or meta.get("num_classes") or 10
     model_kwargs = (meta.get("model_kwargs") or {}) if spec == meta.get("model") else {}
     if args.checkpoint is not None:
@@ -237,9 +255,11 @@ def _cmd_eval(args) -> int:
     if args.data is None:
         from fxquant.demo import synthetic_dataset
 
-        if not isinstance(meta.get("synthetic"), dict):
-            raise CliError(f"{args.file} records synthetic data but not its parameters; pass --data PATH")
-        data = synthetic_dataset(**meta["synthetic"])
+        synthetic = meta.get("synthetic")
+        if not isinstance(synthetic, dict) or not set(synthetic) <= {"per_class", "size", "seed", "version"} \
+                or not _bounded_scalars(synthetic):
+            raise CliError(f"{args.file} records no usable synthetic-data parameters; pass --data PATH")
+        data = synthetic_dataset(**synthetic)
     else:
         data = load_data(args.data, size)
         _check_classes(data, meta, args.file)

@@ -46,7 +46,7 @@ def _as_batch(item, index: int) -> tuple[torch.Tensor, torch.Tensor]:
                          f"tensor, got dtype {y.dtype} and shape {tuple(y.shape)}")
     if x.dim() == 0 or x.shape[0] != y.shape[0]:
         raise ValueError(f"calib_loader batch {index}: {tuple(x.shape)} inputs but {y.shape[0]} targets")
-    return x, y
+    return x, y.long()  # class indices of any integer dtype
 
 
 class AccuracyOracle:

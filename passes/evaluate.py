@@ -207,11 +207,17 @@ class GraphEvaluator:
     def order_hardest_first(self) -> None:
         """Re-batch the calibration samples, least confidently correct first (batch sizes kept).
 
-        Every evaluation still counts the same samples, so no accuracy and no
-        decision changes; but a width that costs accuracy shows its errors in
-        the first batches, and the early stop rejects it there. Costs one pass.
+        Every later evaluation counts the same samples, but a width that costs
+        accuracy shows its errors in the first batches and the early stop
+        rejects it there. Costs one pass. A model whose output for one sample
+        depends on the others in its batch would see different batches than
+        the user's (``SearchConfig.hardest_first=False`` keeps them).
         """
         if not isinstance(self.oracle, AccuracyOracle):
+            return
+        kinds = {(tuple(x.shape[1:]), x.dtype, x.device) for x, _ in self.batches}
+        if len(kinds) > 1:  # samples of different shapes cannot be regrouped; keep the user's batches
+            log.info("fxquant: calibration batches differ in shape/dtype/device; keeping their order")
             return
         self.calls += 1
         margins = []

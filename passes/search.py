@@ -59,6 +59,7 @@ class SearchConfig:
     w_v: float = 0.5
     quant: QuantConfig = field(default_factory=QuantConfig)
     cache_mb: float = 4096  # activations kept by fast evaluation for layers searched later
+    hardest_first: bool = True  # re-batch calibration samples least-confident-first (see evaluate.py)
 
     def __post_init__(self) -> None:
         cands = tuple(self.candidates) if not isinstance(self.candidates, (str, bytes)) else ()
@@ -76,6 +77,8 @@ class SearchConfig:
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0 \
                     or value == float("inf"):
                 raise ValueError(f"SearchConfig.{label} must be a finite number >= 0, got {value!r}")
+        if not isinstance(self.hardest_first, bool):
+            raise ValueError(f"SearchConfig.hardest_first must be True or False, got {self.hardest_first!r}")
         if isinstance(self.baseline_bits, bool) or self.baseline_bits not in range(1, 9):
             raise ValueError(f"SearchConfig.baseline_bits must be in 1..8, got {self.baseline_bits!r}")
         if not isinstance(self.quant, QuantConfig):
@@ -151,10 +154,11 @@ def search_bits(gm: fx.GraphModule, oracle, config: SearchConfig | None = None, 
                                cache_bytes=int(cfg.cache_mb * 2**20))
     emit = log.info if verbose else log.debug
     try:
+        if cfg.hardest_first:
+            evaluator.order_hardest_first()  # by the float model's margins, before any value is measured
         float_value, _ = evaluator.evaluate()
         for layer in layers:
             set_bits(layer, cfg.baseline_bits)
-        evaluator.order_hardest_first()
         baseline, _ = evaluator.evaluate()
         emit("fxquant search: float %.3f, all-%d-bit baseline %.3f over %d layers (%s evaluation)",
              float_value, cfg.baseline_bits, baseline, len(layers), "fast" if evaluator.fast else "naive")

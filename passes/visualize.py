@@ -237,12 +237,21 @@ g.layer {{ cursor: pointer; }} g.layer:hover rect, g.layer.selected rect {{ stro
 <script>
 const fmt = v => (v === null || v === undefined) ? "-" : (typeof v === "number" && !Number.isInteger(v))
   ? v.toPrecision(4) : String(v);
+// Layer names come from the model: only ever inserted as text, never as HTML.
+function cell(row, text) {{ const td = document.createElement("td"); td.textContent = text; row.appendChild(td); }}
 function show(g) {{
   const info = JSON.parse(g.getAttribute("data-info"));
-  const rows = (info.layers || []).map(l => "<table>" + ["name","kind","params","n_p","n_v","importance",
-    "margin","bits","accuracy"].map(k => "<tr><td>" + k + "</td><td>" + fmt(l[k]) + "</td></tr>").join("")
-    + "</table>").join("");
-  document.getElementById("details").innerHTML = rows || ("<p>" + info.op + ": " + info.node + "</p>");
+  const details = document.getElementById("details");
+  details.replaceChildren();
+  for (const l of (info.layers || [])) {{
+    const table = document.createElement("table");
+    for (const k of ["name","kind","params","n_p","n_v","importance","margin","bits","accuracy"]) {{
+      const row = document.createElement("tr"); cell(row, k); cell(row, fmt(l[k])); table.appendChild(row);
+    }}
+    details.appendChild(table);
+  }}
+  if (!info.layers) {{ const p = document.createElement("p"); p.textContent = info.op + ": " + info.node;
+    details.appendChild(p); }}
 }}
 let selected = null;
 document.querySelectorAll("g.layer, g.io").forEach(g => {{

@@ -218,7 +218,11 @@ def test_compress_inspect_eval_custom_model(workspace, capsys, monkeypatch):
     assert info["sizes"]["file_bytes"] == (root / "out" / "tiny.fxq").stat().st_size
     assert info["sizes"]["float32_model_bytes"] == sum(t.numel() * 4 for t in model.state_dict().values())
 
-    code, out, err = run(capsys, "eval", "out/tiny.fxq", "--data", "images", "--checkpoint", "plain.pt")
+    # A file never makes fxquant import code: the custom factory must be named by the user.
+    code, out, err = run(capsys, "eval", "out/tiny.fxq", "--data", "images")
+    assert code == 1 and len(err.strip().splitlines()) == 1 and f"--model {TINY_MODULE}:tiny" in err
+    code, out, err = run(capsys, "eval", "out/tiny.fxq", "--data", "images", "--checkpoint", "plain.pt",
+                         "--model", f"{TINY_MODULE}:tiny")
     assert code == 0, err
     assert "held-out test split: 3 images" in out
     assert f"float plain.pt: top-1 {expected_acc:.2f}%" in out
@@ -330,3 +334,14 @@ def test_save_metadata_round_trip(tmp_path):
         read_header(tmp_path / "m.fxq")
     _rewrite_header(tmp_path / "plain.fxq", lambda h: h.pop("metadata"))  # files from before the field
     assert "metadata" not in read_header(tmp_path / "plain.fxq")
+
+
+def test_eval_never_runs_code_named_by_an_untrusted_file(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    q = fxquant.quantize(torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(12, 3)).eval(), 4)
+    marker = tmp_path / "PWNED"
+    fxquant.save(q, tmp_path / "evil.fxq", metadata={"model": "os:system", "num_classes": 3,
+                                                       "model_kwargs": {"command": f"touch {marker}"}})
+    code, out, err = run(capsys, "eval", "evil.fxq", "--data", str(tmp_path))
+    assert code == 1 and "does not import code named inside a file" in err
+    assert not marker.exists()

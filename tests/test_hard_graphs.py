@@ -205,3 +205,33 @@ def test_compress_argument_checks():
         fxquant.compress(model, calib, keep_8bit=["2"], filter_fn=lambda m, n: n != "2", verbose=False)
     with pytest.raises(ValueError, match="no quantized module for Linear"):
         fxquant.compress(model, calib, mapping={}, verbose=False)
+
+
+def test_mixed_shape_batches_and_narrow_integer_targets():
+    class Pool(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv, self.fc = nn.Conv2d(3, 4, 3, padding=1), nn.Linear(4, 3)
+
+        def forward(self, x):
+            return self.fc(self.conv(x).mean((2, 3)))
+
+    torch.manual_seed(0)
+    model = Pool().eval()
+    batches = []
+    for size in (8, 10):  # batches of different image sizes: fine for this model
+        x = torch.randn(16, 3, size, size)
+        with torch.no_grad():
+            batches.append((x, model(x).argmax(1).to(torch.uint8)))
+    runs = {ev: fxquant.compress(model, batches, evaluation=ev, margin="fixed", t_init=5.0, verbose=False)
+            for ev in ("naive", "fast")}
+    assert runs["naive"].meta["fxquant"].bits == runs["fast"].meta["fxquant"].bits
+
+
+def test_graph_html_inserts_layer_names_as_text_only(tmp_path):
+    model = nn.Sequential()
+    model.add_module("<img src=x onerror=alert(1)>", nn.Linear(12, 3))
+    drawing = passes.draw(fxquant.quantize(model, 4), tmp_path / "g")
+    page = drawing.html.read_text()
+    assert "<img src=x" not in page  # escaped in the SVG text and data attributes
+    assert "innerHTML" not in page  # the panel is built with textContent
