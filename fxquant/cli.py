@@ -33,7 +33,7 @@ from pathlib import Path
 
 from fxquant.cli_data import TEST_FRACTION, LabelledImages, accuracy, load_data
 from fxquant.cli_models import build_model, check_file, check_model_spec, load_checkpoint, load_weights
-from fxquant.cli_output import CliError, error_text, one_line_warnings, progress_logging
+from fxquant.cli_output import CliError, error_text, one_line_warnings, progress_logging, say
 from fxquant.cli_parser import DEFAULT_CALIB, build_parser
 
 __all__ = ["main", "build_parser", "CliError"]
@@ -41,10 +41,6 @@ __all__ = ["main", "build_parser", "CliError"]
 log = logging.getLogger("fxquant.cli")
 
 _QUANT_SUFFIXES = (".packed_weight", ".weight_scale", ".weight_zero_point")
-
-
-def _say(text: str = "") -> None:
-    print(text, flush=True)
 
 
 def _mib(nbytes: float) -> str:
@@ -140,17 +136,17 @@ def _cmd_compress(args) -> int:
         "checkpoint": str(args.checkpoint),
     }
     nbytes = fxquant.save(qmodel, out, metadata=metadata)
-    _say(report.to_text())
-    _say()
-    _say(_file_line(out, nbytes, report, _other_bytes(read_header(out))))
+    say(report.to_text())
+    say()
+    say(_file_line(out, nbytes, report, _other_bytes(read_header(out))))
     if report_path:
         report_path.write_text(json.dumps({**report.to_dict(), "metadata": metadata}, indent=1))
-        _say(f"wrote {report_path}")
+        say(f"wrote {report_path}")
     if graph_path:
         import passes
 
         drawing = passes.draw(qmodel, graph_path, title=f"{spec}: average {report.average_bits:.2f} bits")
-        _say(f"wrote {drawing.svg} and {drawing.html}")
+        say(f"wrote {drawing.svg} and {drawing.html}")
     if not args.quiet:
         log.info("held-out accuracy: fxquant eval %s --data %s --checkpoint %s", out, args.data, args.checkpoint)
     return 0
@@ -176,26 +172,26 @@ def _cmd_inspect(args) -> int:
              "float32_model_bytes": report.float32_bytes + other, "header_bytes": file_bytes - 52 -
              header["data"]["nbytes"]}
     if args.json:
-        _say(json.dumps({"file": str(path), "format_version": header["format_version"],
+        say(json.dumps({"file": str(path), "format_version": header["format_version"],
                          "fxquant_version": header["fxquant_version"], "torch_version": header["torch_version"],
                          "metadata": meta, "sizes": sizes, "report": report.to_dict()}, indent=1))
         return 0
-    _say(f"{path}: fxquant file format {header['format_version']}, written by fxquant "
+    say(f"{path}: fxquant file format {header['format_version']}, written by fxquant "
          f"{header['fxquant_version']} with torch {header['torch_version']}")
     if meta.get("model"):
         size = "x".join(str(s) for s in meta.get("image_size") or []) or "?"
-        _say(f"model: {meta['model']} ({meta.get('num_classes', '?')} classes, input "
+        say(f"model: {meta['model']} ({meta.get('num_classes', '?')} classes, input "
              f"{meta.get('in_channels', '?')}x{size}), from {meta.get('created_by', '?')} on "
              f"{meta.get('data_kind', '?')} data, split seed {meta.get('split_seed', '?')}")
     else:
-        _say(f"model: {header['model']['class']} (no model spec recorded: 'fxquant eval' needs --model)")
-    _say()
-    _say(report.to_text())
-    _say()
-    _say(f"sizes: file {file_bytes:,} B ({_mib(file_bytes)}) = packed weights {report.packed_bytes:,} B + "
+        say(f"model: {header['model']['class']} (no model spec recorded: 'fxquant eval' needs --model)")
+    say()
+    say(report.to_text())
+    say()
+    say(f"sizes: file {file_bytes:,} B ({_mib(file_bytes)}) = packed weights {report.packed_bytes:,} B + "
          f"scales/zero points {report.grid_bytes:,} B + other tensors {other:,} B + header "
          f"{sizes['header_bytes']:,} B")
-    _say(f"       float32 equivalent {sizes['float32_model_bytes']:,} B ({_mib(sizes['float32_model_bytes'])}): "
+    say(f"       float32 equivalent {sizes['float32_model_bytes']:,} B ({_mib(sizes['float32_model_bytes'])}): "
          f"the file is {sizes['float32_model_bytes'] / max(1, file_bytes):.1f}x smaller; weights "
          f"{report.compression_ratio:.1f}x at {report.average_bits:.2f} average bits")
     return 0
@@ -279,14 +275,14 @@ def _cmd_eval(args) -> int:
              test_idx.numel(), round(100 * test_fraction), split_seed)
     q_acc, n = accuracy(qmodel, test, "compressed")
     avg = fxquant.report(qmodel).average_bits
-    _say(f"held-out test split: {n:,} images ({round(100 * test_fraction)}%, stratified, split seed {split_seed})")
-    _say(f"compressed {args.file}: top-1 {q_acc:.2f}% ({avg:.2f} average bits)")
+    say(f"held-out test split: {n:,} images ({round(100 * test_fraction)}%, stratified, split seed {split_seed})")
+    say(f"compressed {args.file}: top-1 {q_acc:.2f}% ({avg:.2f} average bits)")
     if args.checkpoint is not None:
         state, _ = load_checkpoint(args.checkpoint)
         float_model = build_model(spec, num_classes, model_kwargs)
         load_weights(float_model, state, args.checkpoint, spec, num_classes)
         f_acc, _ = accuracy(float_model, test, "float")
-        _say(f"float {args.checkpoint}: top-1 {f_acc:.2f}%  (compressed - float: {q_acc - f_acc:+.2f} points)")
+        say(f"float {args.checkpoint}: top-1 {f_acc:.2f}%  (compressed - float: {q_acc - f_acc:+.2f} points)")
     return 0
 
 

@@ -15,7 +15,7 @@ import logging
 import sys
 import warnings
 
-__all__ = ["CliError", "one_line", "error_text", "progress_logging", "one_line_warnings"]
+__all__ = ["say", "CliError", "one_line", "error_text", "progress_logging", "one_line_warnings"]
 
 
 class CliError(Exception):
@@ -87,3 +87,8 @@ def error_text(e: BaseException) -> str:
     text = str(e)
     return one_line(f"{type(e).__name__}: {text}" if text else type(e).__name__) + \
         " (run with --debug for the traceback)"
+
+
+def say(text: str = "") -> None:
+    """Print a result line on stdout (progress and errors go to stderr)."""
+    print(text, flush=True)

@@ -32,6 +32,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from fxquant.cli_data import LabelledImages, accuracy, load_data
+from fxquant.cli_output import say
 
 __all__ = ["BANDS", "SYNTHETIC_CLASSES", "SYNTHETIC_VERSION", "DemoCNN", "DemoSizes", "DEFAULT_SIZES",
            "QUICK_SIZES", "synthetic_dataset", "run_demo"]
@@ -235,10 +236,6 @@ QUICK_SIZES = DemoSizes(per_class=40, size=16, width=8, epochs=3, calib=160, bat
 # ----------------------------------------------------------------------------- pipeline
 
 
-def _say(text: str = "") -> None:
-    print(text, flush=True)
-
-
 def _channel_stats(data: LabelledImages, indices: torch.Tensor) -> tuple[list[float], list[float]]:
     """Per-channel mean and std over ``indices`` (uint8 images on the [0, 1] scale), in chunks."""
     total = torch.zeros(data.channels, dtype=torch.float64)
@@ -323,7 +320,7 @@ def run_demo(out: str | Path = "fxquant-demo", *, seed: int = 0, data: str | Pat
         log.info("[1/4] generating the synthetic dataset (seed %d)", seed)
         dataset = synthetic_dataset(sizes.per_class, sizes.size, seed)
         train_idx, test_idx = dataset.split(seed)
-        _say(_describe_synthetic(dataset, train_idx.numel(), test_idx.numel(), seed))
+        say(_describe_synthetic(dataset, train_idx.numel(), test_idx.numel(), seed))
     else:
         log.info("[1/4] loading %s", data)
         dataset = load_data(data, (sizes.size, sizes.size))  # an ImageFolder is resized when decoded
@@ -331,7 +328,7 @@ def run_demo(out: str | Path = "fxquant-demo", *, seed: int = 0, data: str | Pat
         train_idx = calibration_indices(dataset.labels, full_train, min(sizes.max_train, full_train.numel()), seed)
         test_idx = calibration_indices(dataset.labels, full_test, min(sizes.max_test, full_test.numel()), seed)
         h, w = dataset.native_size
-        _say(f"fxquant demo on REAL data: {dataset.describe()}\n"
+        say(f"fxquant demo on REAL data: {dataset.describe()}\n"
              f"  stratified 80/20 split (seed {seed}); using {train_idx.numel():,} of {full_train.numel():,} "
              f"training and {test_idx.numel():,} of {full_test.numel():,} held-out test images, "
              f"resized from {h}x{w} to {sizes.size}x{sizes.size} px to stay fast.")
@@ -414,23 +411,23 @@ def run_demo(out: str | Path = "fxquant-demo", *, seed: int = 0, data: str | Pat
         plot_note = "plots skipped: matplotlib is not installed (pip install 'fxquant[viz]')"
 
     # ---- results
-    _say()
-    _say(report.to_text())
-    _say()
-    _say(f"held-out test accuracy ({n_test:,} images never seen by the training or the search):")
-    _say(f"  float32                  {float_acc:6.2f}%")
-    _say(f"  compressed (this search) {q_acc:6.2f}%   at {report.average_bits:.2f} average bits "
+    say()
+    say(report.to_text())
+    say()
+    say(f"held-out test accuracy ({n_test:,} images never seen by the training or the search):")
+    say(f"  float32                  {float_acc:6.2f}%")
+    say(f"  compressed (this search) {q_acc:6.2f}%   at {report.average_bits:.2f} average bits "
          f"({q_acc - float_acc:+.2f} points)")
-    _say("  fixed width, every layer " + "   ".join(f"{b} bits {a:.2f}%" for b, a in sweep.items()))
-    _say(f"size: weights {report.float32_bytes / 1024:.1f} KiB float32 -> {report.packed_bytes / 1024:.1f} KiB "
+    say("  fixed width, every layer " + "   ".join(f"{b} bits {a:.2f}%" for b, a in sweep.items()))
+    say(f"size: weights {report.float32_bytes / 1024:.1f} KiB float32 -> {report.packed_bytes / 1024:.1f} KiB "
          f"packed + {report.grid_bytes / 1024:.1f} KiB scales ({report.compression_ratio:.1f}x); "
          f"model {float_bytes / 1024:.1f} KiB float32 -> {fxq_bytes / 1024:.1f} KiB .fxq file "
          f"({float_bytes / fxq_bytes:.1f}x)")
     if plot_note:
-        _say(plot_note)
-    _say(f"wrote {out}/: {', '.join(written)}")
-    _say(f"next: fxquant inspect {fxq_path}")
+        say(plot_note)
+    say(f"wrote {out}/: {', '.join(written)}")
+    say(f"next: fxquant inspect {fxq_path}")
     eval_data = "" if data is None else f" --data {data}"
-    _say(f"      fxquant eval {fxq_path}{eval_data} --checkpoint {ckpt_path}")
-    _say(f"done in {time.perf_counter() - t0:.0f} s")
+    say(f"      fxquant eval {fxq_path}{eval_data} --checkpoint {ckpt_path}")
+    say(f"done in {time.perf_counter() - t0:.0f} s")
     return {**summary, "out": str(out), "files": written}
