@@ -30,6 +30,8 @@ def main(argv=None) -> int:
     parser.add_argument("--root", help="EuroSAT root (default ../shared/data)")
     parser.add_argument("--margin", default="adaptive", choices=["adaptive", "fixed"])
     parser.add_argument("--t-init", type=float, default=0.5)
+    parser.add_argument("--importance-scale", default="none", choices=["none", "max"],
+                        help="eq. 4 with Importance as is (paper, literal) or divided by its maximum")
     parser.add_argument("--calib-size", type=int, default=2000)
     parser.add_argument("--report", type=Path, help="also write the report JSON here")
     args = parser.parse_args(argv)
@@ -37,7 +39,8 @@ def main(argv=None) -> int:
         parser.error("EuroSAT not found: pass --root or set FXQUANT_EUROSAT_ROOT")
     model, meta = load_trained(args.model, path=args.checkpoint)
     splits = eurosat_splits(args.root, seed=meta.get("split_seed", 0), calib_size=args.calib_size)
-    qmodel = fxquant.compress(model, splits.calib_loader(), margin=args.margin, t_init=args.t_init)
+    qmodel = fxquant.compress(model, splits.calib_loader(), margin=args.margin, t_init=args.t_init,
+                              importance_scale=args.importance_scale)
     report = fxquant.report(qmodel)
     print(report.to_text())
     test = fxquant.AccuracyOracle(splits.test_loader())
