@@ -101,7 +101,7 @@ class GraphEvaluator:
 
     def __init__(self, gm: fx.GraphModule, oracle, layers: list[Layer], fast: bool = True,
                  cache_bytes: int = 4 << 30):
-        self.gm, self.oracle, self.layers = gm, oracle, layers
+        self.gm, self.oracle = gm, oracle
         # The evaluator's own list: reordering it never touches the caller's oracle.
         self.batches = list(oracle.batches) if isinstance(oracle, AccuracyOracle) else []
         self.calls = 0
