@@ -28,6 +28,7 @@ import torch
 from torch import fx
 
 from fxquant.config import QuantConfig
+from fxquant.distributed import Comm
 from fxquant.quantizer import fake_quantize
 from passes.evaluate import GraphEvaluator
 from passes.importance import annotate_importance, layer_infos, update_layer_infos
@@ -121,13 +122,16 @@ def _margin(cfg: SearchConfig, importance: float, max_importance: float, edge: b
 
 def search_bits(gm: fx.GraphModule, oracle, config: SearchConfig | None = None, *,
                 layers: list[Layer] | None = None, keep_8bit: set[str] = frozenset(),
-                verbose: bool = True) -> SearchResult:
+                verbose: bool = True, comm: Comm | None = None) -> SearchResult:
     """Search bit-widths for ``gm``'s layers; annotates ``node.meta`` in place.
 
     The float weights are changed while candidates are evaluated and restored
     before returning; the graph is not changed (``passes.rewrite`` applies the
     result). ``layers`` (default: all) are quantized; those named in
-    ``keep_8bit`` stay at ``baseline_bits`` without being searched.
+    ``keep_8bit`` stay at ``baseline_bits`` without being searched. With
+    ``comm`` (:mod:`fxquant.distributed`), every rank must call this with the
+    same model, data and settings: each scores its share of the calibration
+    batches, all return the same result, and only rank 0 logs progress.
     """
     cfg = config or SearchConfig()
     t0 = time.perf_counter()
@@ -151,8 +155,8 @@ def search_bits(gm: fx.GraphModule, oracle, config: SearchConfig | None = None, 
             weight_of(gm, layer).copy_(value)
 
     evaluator = GraphEvaluator(gm, oracle, layers, fast=cfg.evaluation == "fast",
-                               cache_bytes=int(cfg.cache_mb * 2**20))
-    emit = log.info if verbose else log.debug
+                               cache_bytes=int(cfg.cache_mb * 2**20), comm=comm)
+    emit = log.info if verbose and (comm is None or comm.is_main) else log.debug
     try:
         if cfg.hardest_first:
             evaluator.order_hardest_first()  # by the float model's margins, before any value is measured
@@ -191,7 +195,7 @@ def search_bits(gm: fx.GraphModule, oracle, config: SearchConfig | None = None, 
     update_layer_infos(gm, changes)
     result = SearchResult(bits=bits, decisions=tuple(decisions), float_value=float_value,
                           baseline_value=baseline, final_value=final_value, oracle_calls=evaluator.calls,
-                          layer_forwards=evaluator.layer_forwards, seconds=time.perf_counter() - t0,
+                          layer_forwards=evaluator.total_layer_forwards(), seconds=time.perf_counter() - t0,
                           evaluation="fast" if evaluator.fast else "naive", config=cfg)
     emit("fxquant search: final %.3f (baseline %.3f), %d oracle calls, %d layer-forwards, %.1f s",
          final_value, baseline, result.oracle_calls, result.layer_forwards, result.seconds)
