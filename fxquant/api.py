@@ -11,6 +11,7 @@ from torch import fx, nn
 
 import passes
 from fxquant.calibration import calibration_inputs
+from fxquant import distributed as fxdist
 from fxquant.config import QuantConfig
 from fxquant.modules import quant_module_for
 from fxquant.oracle import AccuracyOracle
@@ -124,7 +125,8 @@ def _search_config(config: SearchConfig | None, options: dict) -> SearchConfig:
 def compress(model: nn.Module, calib_loader: Iterable | None = None, *, oracle: Callable | None = None,
              config: SearchConfig | None = None, filter_fn: FilterFn | None = None,
              keep_8bit: FilterFn | Collection[str] | None = None, leaf_modules: Iterable[str] = (),
-             mapping: dict[type, type] | None = None, verbose: bool = True, **options) -> fx.GraphModule:
+             mapping: dict[type, type] | None = None, verbose: bool = True, distributed: bool | None = None,
+             **options) -> fx.GraphModule:
     """Trace, annotate, search bit-widths and rewrite ``model``; returns the compressed GraphModule.
 
     Args:
@@ -144,15 +146,20 @@ def compress(model: nn.Module, calib_loader: Iterable | None = None, *, oracle: 
             layers quantized at ``baseline_bits`` (8) without being searched.
         leaf_modules, mapping: as for :func:`quantize`.
         verbose: log one progress line per layer (logger ``fxquant.search``).
+        distributed: split the oracle's calibration batches over the
+            ``torch.distributed`` processes (every rank passes the same model and
+            data and gets the same result; only rank 0 logs). ``None``: whenever a
+            process group is initialised (e.g. under ``torchrun``).
 
     ``fxquant.report(result)`` gives the :class:`~fxquant.reporting.CompressionReport`.
     """
     cfg = _search_config(config, options)
+    comm = fxdist.resolve(distributed)
     if oracle is None:
         oracle = AccuracyOracle(calib_loader)
     elif not callable(oracle):
         raise ValueError(f"oracle must be callable(model) -> float, got {type(oracle).__name__}")
-    if verbose:
+    if verbose and (comm is None or comm.is_main):  # the other ranks keep the application's logging
         _ensure_progress_output()
     work = copy.deepcopy(model).eval()
     gm = passes.trace(work, leaf_modules=leaf_modules, copy_model=False)
@@ -176,7 +183,8 @@ def compress(model: nn.Module, calib_loader: Iterable | None = None, *, oracle: 
     if calib_loader is not None and not isinstance(oracle, AccuracyOracle):
         calib_inputs = calibration_inputs(calib_loader, cfg.quant.calib_samples)
     quantizer = layer_quantizer(gm, chosen, cfg, oracle, calib_inputs)
-    result = search_bits(gm, oracle, cfg, layers=chosen, keep_8bit=keep, verbose=verbose, quantizer=quantizer)
+    result = search_bits(gm, oracle, cfg, layers=chosen, keep_8bit=keep, verbose=verbose, comm=comm,
+                         quantizer=quantizer)
     passes.rewrite(gm, result.bits, config=result.config.quant, mapping=mapping, layers=layers,
                    quantized=quantizer.chosen(result.bits))
     gm.meta["fxquant"] = result

@@ -32,6 +32,7 @@ from fxquant.calibration import calibration_inputs
 from fxquant.config import QuantConfig
 from fxquant.oracle import AccuracyOracle
 from passes.calibrate import LayerQuantizer
+from fxquant.distributed import Comm
 from passes.evaluate import GraphEvaluator
 from passes.importance import annotate_importance, layer_infos, update_layer_infos
 from passes.layers import Layer, find_layers
@@ -138,7 +139,8 @@ def _margin(cfg: SearchConfig, importance: float, max_importance: float, edge: b
 
 def search_bits(gm: fx.GraphModule, oracle, config: SearchConfig | None = None, *,
                 layers: list[Layer] | None = None, keep_8bit: set[str] = frozenset(),
-                verbose: bool = True, quantizer: LayerQuantizer | None = None) -> SearchResult:
+                verbose: bool = True, comm: Comm | None = None,
+                quantizer: LayerQuantizer | None = None) -> SearchResult:
     """Search bit-widths for ``gm``'s layers; annotates ``node.meta`` in place.
 
     The float weights (and biases) are changed while candidates are evaluated
@@ -147,7 +149,10 @@ def search_bits(gm: fx.GraphModule, oracle, config: SearchConfig | None = None, 
     ``keep_8bit`` stay at ``baseline_bits`` without being searched.
     ``quantizer`` (default: :func:`layer_quantizer`) makes each candidate; pass
     the same one to ``rewrite`` (``quantized=quantizer.chosen(result.bits)``)
-    so the model built is the model measured.
+    so the model built is the model measured. With ``comm``
+    (:mod:`fxquant.distributed`), every rank must call this with the same model,
+    data and settings: each scores its share of the calibration batches, all
+    return the same result, and only rank 0 logs progress.
     """
     cfg = config or SearchConfig()
     t0 = time.perf_counter()
@@ -163,8 +168,8 @@ def search_bits(gm: fx.GraphModule, oracle, config: SearchConfig | None = None, 
     set_bits = quantizer.apply
 
     evaluator = GraphEvaluator(gm, oracle, layers, fast=cfg.evaluation == "fast",
-                               cache_bytes=int(cfg.cache_mb * 2**20))
-    emit = log.info if verbose else log.debug
+                               cache_bytes=int(cfg.cache_mb * 2**20), comm=comm)
+    emit = log.info if verbose and (comm is None or comm.is_main) else log.debug
     try:
         if cfg.hardest_first:
             evaluator.order_hardest_first()  # by the float model's margins, before any value is measured
@@ -202,7 +207,7 @@ def search_bits(gm: fx.GraphModule, oracle, config: SearchConfig | None = None, 
     update_layer_infos(gm, changes)
     result = SearchResult(bits=bits, decisions=tuple(decisions), float_value=float_value,
                           baseline_value=baseline, final_value=final_value, oracle_calls=evaluator.calls,
-                          layer_forwards=evaluator.layer_forwards, seconds=time.perf_counter() - t0,
+                          layer_forwards=evaluator.total_layer_forwards(), seconds=time.perf_counter() - t0,
                           evaluation="fast" if evaluator.fast else "naive",
                           config=dataclasses.replace(cfg, quant=quantizer.config))
     emit("fxquant search: final %.3f (baseline %.3f), %d oracle calls, %d layer-forwards, %.1f s",
