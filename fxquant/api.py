@@ -22,6 +22,8 @@ __all__ = ["compress", "quantize", "quantizable_layers", "FilterFn"]
 
 FilterFn = Callable[[nn.Module, str], bool]
 
+log = logging.getLogger("fxquant.api")
+
 
 def _owner_module(gm: fx.GraphModule, layer: passes.Layer) -> nn.Module:
     return gm.get_submodule(layer.module_path) if layer.module_path else gm
@@ -123,7 +125,7 @@ def _search_config(config: SearchConfig | None, options: dict) -> SearchConfig:
 
 
 def compress(model: nn.Module, calib_loader: Iterable | None = None, *, oracle: Callable | None = None,
-             config: SearchConfig | None = None, filter_fn: FilterFn | None = None,
+             stats_loader: Iterable | None = None, config: SearchConfig | None = None, filter_fn: FilterFn | None = None,
              keep_8bit: FilterFn | Collection[str] | None = None, leaf_modules: Iterable[str] = (),
              mapping: dict[type, type] | None = None, verbose: bool = True, distributed: bool | None = None,
              **options) -> fx.GraphModule:
@@ -134,6 +136,11 @@ def compress(model: nn.Module, calib_loader: Iterable | None = None, *, oracle: 
         calib_loader: iterable of ``(inputs, targets)`` batches for the default
             top-1 accuracy oracle. Keep it apart from your test data.
         oracle: instead, any ``oracle(model) -> float`` (higher is better).
+        stats_loader: input batches (targets unused) for the data-aware
+            quantizer's statistics; default: ``calib_loader``'s inputs. Prefer
+            images the oracle does not score: statistics from the scored images
+            let the search accept widths (1 bit in late layers) whose rounding
+            fits those images but does not generalise.
         config: a :class:`~passes.search.SearchConfig`; ``**options`` override
             its fields (``margin="fixed"``, ``t_init=0.5``, ``candidates=(2, 4, 8)``,
             ``strategy="bisect"``, ``evaluation="naive"``, ``quant=QuantConfig(...)``, ...).
@@ -180,9 +187,15 @@ def compress(model: nn.Module, calib_loader: Iterable | None = None, *, oracle: 
         if excluded:
             raise ValueError(f"keep_8bit names layers that filter_fn keeps float: {excluded[:5]}")
     calib_inputs = None
-    if calib_loader is not None and not isinstance(oracle, AccuracyOracle):
+    if stats_loader is not None:
+        calib_inputs = calibration_inputs(stats_loader, cfg.quant.calib_samples, "stats_loader")
+    elif calib_loader is not None and not isinstance(oracle, AccuracyOracle):
         calib_inputs = calibration_inputs(calib_loader, cfg.quant.calib_samples)
     quantizer = layer_quantizer(gm, chosen, cfg, oracle, calib_inputs)
+    if quantizer.config.rounding == "gptq" and stats_loader is None and isinstance(oracle, AccuracyOracle):
+        log.warning("fxquant: GPTQ statistics come from the images the search scores; pass stats_loader= "
+                    "(other images, e.g. the rest of the training split) so the search cannot trust "
+                    "widths that only fit the calibration images")
     result = search_bits(gm, oracle, cfg, layers=chosen, keep_8bit=keep, verbose=verbose, comm=comm,
                          quantizer=quantizer)
     passes.rewrite(gm, result.bits, config=result.config.quant, mapping=mapping, layers=layers,

@@ -356,6 +356,16 @@ class EuroSATSplits:
         """Unshuffled batches over the held-out test split."""
         return self.loader(self.test_idx, batch_size=batch_size)
 
+    def stats_indices(self, size: int = 1024) -> torch.Tensor:
+        """A seeded, stratified subset of training indices disjoint from the calibration subset."""
+        rest = self.train_idx[~torch.isin(self.train_idx, self.calib_idx)]
+        return calibration_indices(self.arrays.labels, rest, size, self.seed + 1)
+
+    def stats_loader(self, size: int = 1024, batch_size: int | None = None) -> TensorBatches:
+        """Batches for data-aware rounding's statistics: training images the search's oracle never
+        scores (``fxquant.compress(..., stats_loader=...)``)."""
+        return self.loader(self.stats_indices(size), batch_size=batch_size)
+
 
 def eurosat_splits(root: str | os.PathLike | None = None, *, seed: int = 0,
                    test_fraction: float = 0.2, calib_size: int = 2000,

@@ -279,3 +279,27 @@ def test_compress_builds_the_model_it_measured_with_data_aware_rounding(tmp_path
     loaded = fxquant.load(tmp_path / "m.fxq", SmallCNN().eval())
     with torch.no_grad():
         assert torch.equal(loaded(batches[0]), q(batches[0]))
+
+
+def test_compress_takes_statistics_from_stats_loader(caplog):
+    model, batches = _small_cnn_and_data(96)
+    with torch.no_grad():
+        calib = [(x, model(x).argmax(1)) for x in batches]
+    other = [torch.randn(16, 3, 20, 20, generator=torch.Generator().manual_seed(5))]
+    with caplog.at_level("WARNING", logger="fxquant"):
+        a = fxquant.compress(model, calib, margin="fixed", t_init=3.0, verbose=False)
+    assert "stats_loader" in caplog.text  # the overfitting risk is named
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="fxquant"):
+        b = fxquant.compress(model, calib, stats_loader=other, margin="fixed", t_init=3.0, verbose=False)
+    assert "stats_loader" not in caplog.text
+    same_bits = {n: 4 for n in a.meta["fxquant"].bits}
+    qa = LayerQuantizer(passes.trace(model), passes.find_layers(passes.trace(model)),
+                        QuantConfig().data_aware(True), [x for x, _ in calib])
+    qb = LayerQuantizer(passes.trace(model), passes.find_layers(passes.trace(model)),
+                        QuantConfig().data_aware(True), other)
+    assert any(not torch.equal(qa.chosen(same_bits)[n][0].codes, qb.chosen(same_bits)[n][0].codes)
+               for n in same_bits)
+    with pytest.raises(ValueError, match="stats_loader yielded no batches"):
+        fxquant.compress(model, calib, stats_loader=[], verbose=False)
+    assert b.meta["fxquant"].config.quant.rounding == "gptq"
