@@ -86,7 +86,8 @@ def test_markdown_and_figure_are_written(results_dir):
     assert "eurosat.md" in summary and (results_dir / rep.FIGURE).stat().st_size > 10_000
     assert f"]({rep.FIGURE.as_posix()})" in md
     # The paper's numbers beside ours: float, a fixed row, and the search rows with their bits.
-    for text in ("94.78", "90.09", "63.93", "93.83 (3.73 bits)", "95.07 (3.43 bits)", "87.50", "94.44 (3.70 bits)"):
+    for text in ("94.78", "90.09 (-4.69)", "63.93", "93.83 (-0.95), 3.73 bits", "95.07 (+0.29), 3.43 bits",
+                 "87.50 (-7.11)", "94.44 (-0.17), 3.70 bits"):
         assert text in md, text
     assert md.count("**met**") == 2 and md.count("**missed**") == 2
     assert "95.50 (-0.50)" in md  # our 4-bit row with its drop from float

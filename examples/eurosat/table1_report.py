@@ -132,6 +132,21 @@ def _mb(row: dict | None) -> str:
     return f"{(row['packed_bytes'] + row['grid_bytes']) / MB:.2f}"
 
 
+def _paper_cell(model: str, key: str) -> str:
+    """The paper's accuracy with its drop from the paper's float (the comparable part), and bits for searches."""
+    paper, pfloat = paper_row(model, key), paper_row(model, "float")
+    if paper is None:
+        return "–"
+    if key == "float":
+        return f"{paper[0]:.2f}"
+    cell = f"{paper[0]:.2f} ({paper[0] - pfloat[0]:+.2f})"
+    return cell if key.startswith("fixed") else f"{cell}, {paper[1]:.2f} bits"
+
+
+def _num(value, spec: str) -> str:
+    return "–" if value is None else format(value, spec)
+
+
 def _row_label(key: str) -> str:
     if key == "float":
         return "float32"
@@ -190,7 +205,7 @@ def _model_section(model: str, data: dict) -> list[str]:
     lines += ["Quantizers:"] + [q for q in (_quant_line(data, g) for g in QUANTIZERS) if q] + [""]
 
     keys = ["float"] + [f"fixed{b}" for b in range(8, 0, -1)] + ["search_fixed", "search_adaptive"]
-    head = "| row | paper" + (f" ({pcol})" if pcol else "") + " | "
+    head = "| row | paper" + (f" ({pcol})" if pcol else "") + ": acc. (Δ its float) | "
     head += " | ".join(f"{QUANTIZERS[g]}: test acc. (Δ float) | avg bits | MB" for g in QUANTIZERS) + " |"
     lines += ["Test accuracy in %, Δ in points, average bits by eq. 5, MB = 10^6 bytes of packed integer "
               "weights plus scales and zero points (biases and batch norm stay float, not counted).", "",
@@ -198,13 +213,11 @@ def _model_section(model: str, data: dict) -> list[str]:
     float32_ref = next((r["weight_float32_bytes"] for r in rows.values() if "weight_float32_bytes" in r), None)
     for key in keys:
         group_rows = {g: rows.get("float" if key == "float" else f"{g}/{key}") for g in QUANTIZERS}
-        paper = paper_row(model, key)
         if key != "float" and not any(group_rows.values()):
             continue
-        if key == "float" and group_rows["paper"] is None and paper is None:
+        if key == "float" and group_rows["paper"] is None and paper_row(model, key) is None:
             continue
-        pcell = "–" if paper is None else (f"{paper[0]:.2f}" if key.startswith(("float", "fixed"))
-                                          else f"{paper[0]:.2f} ({paper[1]:.2f} bits)")
+        pcell = _paper_cell(model, key)
         cells = []
         for g, row in group_rows.items():
             if key == "float":
@@ -225,8 +238,9 @@ def _model_section(model: str, data: dict) -> list[str]:
                 continue
             calib = "/".join(f"{r[k]:.2f}" for k in ("calib_float", "calib_baseline", "calib_final")
                              if r.get(k) is not None)
-            lines.append(f"| {m} margin | {QUANTIZERS[g]} | {r['search_seconds']:.0f} | {r['oracle_calls']} | "
-                         f"{r['layer_forwards']:,} | {r['wall_seconds']:.0f} | {calib} | {r['threads']} |")
+            lines.append(f"| {m} margin | {QUANTIZERS[g]} | {_num(r.get('search_seconds'), '.0f')} | "
+                         f"{_num(r.get('oracle_calls'), 'd')} | {_num(r.get('layer_forwards'), ',')} | "
+                         f"{_num(r.get('wall_seconds'), '.0f')} | {calib} | {_num(r.get('threads'), 'd')} |")
         lines.append("")
 
     abl = {k: v for k, v in rows.items() if v.get("group") == "ablation"}
@@ -244,8 +258,7 @@ def _model_section(model: str, data: dict) -> list[str]:
                              ("pending" if key in pending else "–"))
             if set(cells) <= {"–"}:
                 continue
-            paper = paper_row(model, f"fixed{b}")
-            lines.append(f"| {b} | {'–' if paper is None else f'{paper[0]:.2f}'} | " + " | ".join(cells) + " |")
+            lines.append(f"| {b} | {_paper_cell(model, f'fixed{b}')} | " + " | ".join(cells) + " |")
         times = []
         for m, label in ABLATION_METHODS.items():
             ts = [r["wall_seconds"] for k, r in abl.items() if k.startswith(f"ablation/{m}/") and "wall_seconds" in r]
