@@ -117,3 +117,18 @@ def test_table_plan_and_quantizer_equivalence():
     assert not table1.same_quantizer({"rounding": "nearest"}, {"rounding": "gptq"})
     # The paper-faithful quantizer can be built on any fxquant version.
     assert table1.quantizer("paper").granularity == "per_tensor"
+
+
+def test_results_file_refuses_another_setup_and_options_the_api_lacks(tmp_path):
+    table1 = pytest.importorskip("examples.eurosat.table1")
+    path = tmp_path / "eurosat_resnet18.json"
+    data = table1.open_results(path, "resnet18", {"n_test": 5400}, {}, fresh=False)
+    data["rows"]["float"] = _row("float", 96.0, 32.0)
+    table1.write_json(path, data)
+    again = table1.open_results(path, "resnet18", {"n_test": 5400}, {"epochs": 15}, fresh=False)
+    assert "float" in again["rows"] and again["training"] == {"epochs": 15}
+    with pytest.raises(SystemExit, match="n_test"):
+        table1.open_results(path, "resnet18", {"n_test": 300}, {}, fresh=False)
+    assert table1.open_results(path, "resnet18", {"n_test": 300}, {}, fresh=True)["rows"] == {}
+    with pytest.raises(table1.Pending):
+        table1.make_config(no_such_option=1)

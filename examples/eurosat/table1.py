@@ -164,8 +164,12 @@ def compute_row(spec: RowSpec, model, calib, test, verbose: bool) -> dict:
         gm = fxquant.compress(model, calib, margin=spec.margin, t_init=T_INIT, quant=cfg, verbose=verbose)
     wall = time.perf_counter() - t0
     row = {"quant": dataclasses.asdict(cfg), "wall_seconds": wall, **measure(gm, test)}
+    if hasattr(cfg, "data_aware"):  # what "auto" became here: calibration data are always given
+        row["quant_resolved"] = dataclasses.asdict(cfg.data_aware(True))
     if spec.kind == "search":
         rep = fxquant.report(gm)
+        if rep.settings and "quant" in rep.settings:
+            row["quant_resolved"] = rep.settings["quant"]
         row.update(t_init=T_INIT, search_seconds=rep.seconds, oracle_calls=rep.oracle_calls,
                    layer_forwards=rep.layer_forwards, calib_float=rep.float_value,
                    calib_baseline=rep.baseline_value, calib_final=rep.final_value,

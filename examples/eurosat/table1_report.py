@@ -115,6 +115,8 @@ def describe_quant(q: dict | None) -> str:
     rounding = q.get("rounding", "nearest")
     parts.append("GPTQ rounding (auto, calibration data given)" if rounding == "auto" else f"{rounding} rounding")
     parts.append("bias correction" if q.get("bias_correction", False) else "no bias correction")
+    if (rounding != "nearest" or q.get("bias_correction")) and q.get("calib_samples"):
+        parts.append(f"statistics from up to {q['calib_samples']} calibration images")
     return ", ".join(parts)
 
 
