@@ -1,0 +1,134 @@
+"""The Table 1 report generator on synthetic results (no EuroSAT, no training; fast)."""
+
+import json
+
+import pytest
+
+from examples.eurosat import table1_report as rep
+from examples.eurosat.paper_table1 import PAPER_TABLE1, paper_row
+
+
+def _row(key, acc, bits, **extra):
+    group = key.split("/")[0] if "/" in key else "float"
+    kind = "float" if key == "float" else ("search" if "search" in key else "fixed")
+    row = {"key": key, "group": group, "kind": kind, "test_acc": acc, "avg_bits": bits,
+           "quant": None if kind == "float" else {"bits": 8, "granularity": "per_channel", "scheme": "affine",
+                                                  "clipping": "minmax", "rounding": "auto",
+                                                  "bias_correction": True},
+           "threads": 1, "torch_version": "2.x", "cpu": "test cpu", "git_commit": "abc1234",
+           "wall_seconds": 1.0, "eval_seconds": 1.0}
+    if kind != "float":
+        row.update(packed_bytes=int(bits * 1e6), grid_bytes=1000, weight_float32_bytes=44_000_000)
+    if kind == "search":
+        row.update(search_seconds=30.0, oracle_calls=80, layer_forwards=1000, calib_float=98.0,
+                   calib_baseline=98.1, calib_final=97.9, t_init=0.5)
+    row.update(extra)
+    return row
+
+
+def _results(model, float_acc, fixed4, adaptive):
+    rows = {"float": _row("float", float_acc, 32.0)}
+    for g in ("paper", "default"):
+        for b in range(8, 0, -1):
+            acc = fixed4 if b == 4 else (float_acc - 0.1 if b > 4 else 30.0)
+            rows[f"{g}/fixed{b}"] = _row(f"{g}/fixed{b}", acc, float(b))
+        rows[f"{g}/search_fixed"] = _row(f"{g}/search_fixed", float_acc - 0.3, 3.0)
+        rows[f"{g}/search_adaptive"] = _row(f"{g}/search_adaptive", adaptive[0], adaptive[1])
+    rows["ablation/nearest/fixed4"] = _row("ablation/nearest/fixed4", fixed4 - 5, 4.0)
+    return {"schema": rep.SCHEMA, "model": model,
+            "setup": {"split_seed": 0, "test_fraction": 0.2, "n_test": 5400, "n_calib": 2000, "quick": False},
+            "training": {"epochs": 15, "n_train": 21600, "train_time_s": 1800, "threads": 1, "test_acc": 0.96,
+                         "hparams": {"epochs": 15, "batch_size": 128, "lr": 0.05, "weight_decay": 5e-4,
+                                     "seed": 0, "split_seed": 0, "optimizer": "SGD(nesterov)",
+                                     "schedule": "OneCycleLR", "augmentation": "flips"}},
+            "rows": rows, "pending": {"ablation/gptq/fixed4": "QuantConfig has no 'rounding' option yet"},
+            "notes": ["a hand-written explanation"]}
+
+
+@pytest.fixture
+def results_dir(tmp_path):
+    # ResNet18 meets the 4-bit target and misses the search target on bits;
+    # ResNet50 misses the 4-bit target and meets the search target.
+    for model, data in (("resnet18", _results("resnet18", 96.0, 95.5, (96.0, 3.5))),
+                        ("resnet50", _results("resnet50", 95.0, 93.0, (94.6, 3.1)))):
+        (tmp_path / f"eurosat_{model}.json").write_text(json.dumps(data))
+    # A per-layer search report with a similar name must be ignored.
+    (tmp_path / "eurosat_resnet18_adaptive.json").write_text(json.dumps({"layers": []}))
+    return tmp_path
+
+
+def test_targets_are_computed_from_the_rows(results_dir):
+    verdicts = {(v["target"], v["model"]): v for v in rep.evaluate_targets(rep.load_results(results_dir))}
+    assert verdicts["fixed4", "resnet18"]["status"] == "met"
+    assert verdicts["adaptive", "resnet18"]["status"] == "missed"
+    assert "3.50 bits is 0.10 above 3.4" in verdicts["adaptive", "resnet18"]["detail"]
+    assert verdicts["fixed4", "resnet50"]["status"] == "missed"
+    assert "-2.00 points" in verdicts["fixed4", "resnet50"]["detail"]
+    assert verdicts["adaptive", "resnet50"]["status"] == "met"
+    assert verdicts["fixed4", "resnet18"]["paper"] == "-4.7 points"
+    assert verdicts["fixed4", "resnet50"]["paper"] == "-7.1 points"
+
+
+def test_missing_models_are_not_run_and_not_shown(tmp_path):
+    (tmp_path / "eurosat_resnet18.json").write_text(json.dumps(_results("resnet18", 96.0, 95.5, (96.0, 3.0))))
+    results = rep.load_results(tmp_path)
+    assert list(results) == ["resnet18"]
+    status = {(v["target"], v["model"]): v["status"] for v in rep.evaluate_targets(results)}
+    assert status["fixed4", "resnet50"] == status["adaptive", "resnet50"] == "not run"
+    md = rep.render_markdown(results, figure=None)
+    assert "## ResNet18" in md and "## ResNet50" not in md and "VGG" not in md
+
+
+def test_markdown_and_figure_are_written(results_dir):
+    pytest.importorskip("matplotlib")
+    summary = rep.write_report(results_dir)
+    md = (results_dir / "eurosat.md").read_text()
+    assert "eurosat.md" in summary and (results_dir / rep.FIGURE).stat().st_size > 10_000
+    assert f"]({rep.FIGURE.as_posix()})" in md
+    # The paper's numbers beside ours: float, a fixed row, and the search rows with their bits.
+    for text in ("94.78", "90.09 (-4.69)", "63.93", "93.83 (-0.95), 3.73 bits", "95.07 (+0.29), 3.43 bits",
+                 "87.50 (-7.11)", "94.44 (-0.17), 3.70 bits"):
+        assert text in md, text
+    assert md.count("**met**") == 2 and md.count("**missed**") == 2
+    assert "95.50 (-0.50)" in md  # our 4-bit row with its drop from float
+    assert "pending" in md and "a hand-written explanation" in md
+    assert "python examples/eurosat/table1.py --model resnet50 --threads 1" in md
+    assert "## Figures" in md
+
+
+def test_paper_table_transcription_is_complete():
+    keys = {"float", "search_fixed", "search_adaptive"} | {f"fixed{b}" for b in range(1, 9)}
+    for column in PAPER_TABLE1.values():
+        assert set(column) == keys
+        assert all(column[f"fixed{b}"][1] == b for b in range(1, 9))
+    assert paper_row("resnet18", "search_adaptive") == (95.07, 3.43)
+    assert paper_row("vgg19_bn", "search_fixed") == (95.78, 1.38)
+    assert paper_row("vgg11_bn", "float") is None
+
+
+def test_table_plan_and_quantizer_equivalence():
+    table1 = pytest.importorskip("examples.eurosat.table1")
+    specs = table1.plan(["paper", "default"], ["table", "ablation"], table1.TABLE_BITS)
+    keys = [s.key for s in specs]
+    assert keys[0] == "float" and len(keys) == len(set(keys))
+    assert len(keys) == 1 + 2 * (8 + 2) + 7 * 4
+    assert table1.same_quantizer({"bits": 4, "rounding": "auto", "bias_correction": True},
+                                 {"bits": 8, "rounding": "gptq", "bias_correction": True})
+    assert not table1.same_quantizer({"rounding": "nearest"}, {"rounding": "gptq"})
+    # The paper-faithful quantizer can be built on any fxquant version.
+    assert table1.quantizer("paper").granularity == "per_tensor"
+
+
+def test_results_file_refuses_another_setup_and_options_the_api_lacks(tmp_path):
+    table1 = pytest.importorskip("examples.eurosat.table1")
+    path = tmp_path / "eurosat_resnet18.json"
+    data = table1.open_results(path, "resnet18", {"n_test": 5400}, {}, fresh=False)
+    data["rows"]["float"] = _row("float", 96.0, 32.0)
+    table1.write_json(path, data)
+    again = table1.open_results(path, "resnet18", {"n_test": 5400}, {"epochs": 15}, fresh=False)
+    assert "float" in again["rows"] and again["training"] == {"epochs": 15}
+    with pytest.raises(SystemExit, match="n_test"):
+        table1.open_results(path, "resnet18", {"n_test": 300}, {}, fresh=False)
+    assert table1.open_results(path, "resnet18", {"n_test": 300}, {}, fresh=True)["rows"] == {}
+    with pytest.raises(table1.Pending):
+        table1.make_config(no_such_option=1)
