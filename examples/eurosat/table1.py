@@ -55,6 +55,7 @@ RESULTS_DIR = _REPO_ROOT / "docs" / "results"
 T_INIT = 0.5
 TABLE_BITS = (8, 7, 6, 5, 4, 3, 2, 1)
 ABLATION_BITS = (8, 7, 6, 5, 4, 3, 2)
+STATS_SIZE = 1024  # images for GPTQ / bias-correction statistics (QuantConfig.calib_samples)
 QUICK = {"n_test": 300, "n_calib": 200, "bits": (8, 4, 2)}
 # The issue-5 ablation: (rounding, bias_correction) on the per-channel grid.
 ABLATION = {"nearest": ("nearest", False), "bc": ("nearest", True),
@@ -150,7 +151,7 @@ def measure(gm, test) -> dict:
             "state_dict_bytes": sd_bytes, "eval_seconds": time.perf_counter() - t0}
 
 
-def compute_row(spec: RowSpec, model, calib, test, verbose: bool) -> dict:
+def compute_row(spec: RowSpec, model, calib, stats, test, verbose: bool) -> dict:
     if spec.kind == "float":
         t0 = time.perf_counter()
         acc = test(model)
@@ -159,9 +160,10 @@ def compute_row(spec: RowSpec, model, calib, test, verbose: bool) -> dict:
     cfg = spec.quant()
     t0 = time.perf_counter()
     if spec.kind == "fixed":
-        gm = quantize_fixed(model, spec.bits, cfg, calib)
+        gm = quantize_fixed(model, spec.bits, cfg, stats)
     else:
-        gm = fxquant.compress(model, calib, margin=spec.margin, t_init=T_INIT, quant=cfg, verbose=verbose)
+        gm = fxquant.compress(model, calib, stats_loader=stats, margin=spec.margin, t_init=T_INIT, quant=cfg,
+                              verbose=verbose)
     wall = time.perf_counter() - t0
     row = {"quant": dataclasses.asdict(cfg), "wall_seconds": wall, **measure(gm, test)}
     if hasattr(cfg, "data_aware"):  # what "auto" became here: calibration data are always given
@@ -318,14 +320,23 @@ def main(argv=None) -> int:
         test_idx = test_idx[torch.randperm(test_idx.numel(), generator=gen)[:QUICK["n_test"]]].sort().values
         calib_idx = calibration_indices(splits.arrays.labels, splits.train_idx, QUICK["n_calib"], split_seed)
         bits = QUICK["bits"]
+    # Data-aware rounding's statistics: other training images, so the search's oracle never
+    # scores the images GPTQ fitted (measured: sharing them let the search overfit).
+    rest = splits.train_idx[~torch.isin(splits.train_idx, calib_idx)]
+    stats_idx = calibration_indices(splits.arrays.labels, rest, QUICK["n_calib"] if args.quick else STATS_SIZE,
+                                    split_seed + 1)
     assert not set(calib_idx.tolist()) & set(test_idx.tolist()), "calibration images must come from training"
+    assert not set(stats_idx.tolist()) & (set(test_idx.tolist()) | set(calib_idx.tolist()))
     calib = splits.loader(calib_idx)
+    stats = splits.loader(stats_idx)
     print(f"{args.model}: {test_idx.numel()} test images, {calib_idx.numel()} calibration images "
           f"(training split), threads {torch.get_num_threads()}, results in {args.out}", flush=True)
     test = fxquant.AccuracyOracle(splits.loader(test_idx))  # decoded once, reused for every row
 
     setup = {"split_seed": split_seed, "test_fraction": 0.2, "n_test": int(test_idx.numel()),
              "n_calib": int(calib_idx.numel()), "calib_source": "training split", "t_init": T_INIT,
+             "n_stats": int(stats_idx.numel()),
+             "stats_source": "training split, disjoint from the calibration subset",
              "quick": bool(args.quick), "checkpoint_sha256": sha256(ckpt)}
     path = args.out / f"eurosat_{args.model}.json"
     data = open_results(path, args.model, setup, training_facts(ckpt, meta), args.fresh)
@@ -351,7 +362,7 @@ def main(argv=None) -> int:
             row = {**data["rows"][source], "quant": quant, "reused_from": source}
         else:
             print(f"  {spec.key:<32} ...", end="", flush=True)
-            row = compute_row(spec, model, calib, test, args.verbose)
+            row = compute_row(spec, model, calib, stats, test, args.verbose)
             row.update(provenance, finished=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"))
         row.update(key=spec.key, group=spec.group, kind=spec.kind, bits=spec.bits, margin=spec.margin)
         data["rows"][spec.key] = row

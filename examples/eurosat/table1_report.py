@@ -192,8 +192,11 @@ def _model_section(model: str, data: dict) -> list[str]:
                   f"{setup.get('n_test')} test and {setup.get('n_calib')} calibration images.", ""]
     ckpt_acc = training.get("test_acc")
     lines.append(f"Held-out test split: {setup.get('n_test')} images ({setup.get('test_fraction', 0.2):.0%}, "
-                 f"stratified, split seed {setup.get('split_seed')}); search and data-aware rounding see "
-                 f"{setup.get('n_calib')} calibration images from the training split. Float test accuracy "
+                 f"stratified, split seed {setup.get('split_seed')}); the search scores "
+                 f"{setup.get('n_calib')} calibration images from the training split"
+                 + (f", and data-aware rounding takes its statistics from {setup['n_stats']} other training "
+                    "images (disjoint from both)" if setup.get("n_stats") else "")
+                 + ". Float test accuracy "
                  + (f"{float_acc:.2f}%" if float_acc is not None else "not measured yet")
                  + (f" (checkpoint summary: {100 * ckpt_acc:.2f}%)" if ckpt_acc is not None else "")
                  + (f"; the paper's {pcol}: {paper_row(model, 'float')[0]:.2f}%." if pcol else "; not in the paper."))
