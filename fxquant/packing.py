@@ -160,23 +160,27 @@ def _load_groups(data: torch.Tensor, bits: int, groups: int) -> tuple[torch.Tens
     On CPU, numpy reads 8 bytes at every group's start with one strided
     (unaligned) load, about 6x faster than copying ``bits`` bytes per row into
     zeroed lanes; the bytes beyond the group that come along are stray bits
-    the first spreading step masks off. Groups too close to the end for an
-    8-byte read, and other devices, take the zero-padded copy.
+    the first spreading step masks off. The last few groups, too close to the
+    end for an 8-byte read, are read from a small zero-padded copy. Other
+    devices take the zero-padded copy for every group.
     """
-    lanes = torch.empty(groups, dtype=torch.int64, device=data.device)
-    loaded = 0
-    if data.device.type == "cpu" and data.numel() >= 8:
-        loaded = min(groups, (data.numel() - 8) // bits + 1)
-        strided = np.ndarray((loaded,), dtype="<i8", buffer=data.numpy(), strides=(bits,))
-        np.copyto(lanes[:loaded].numpy(), strided)
-    if loaded < groups:
-        rest = data[loaded * bits:]
-        padded = torch.zeros(groups - loaded, 8, dtype=torch.uint8, device=data.device)
-        flat = torch.zeros((groups - loaded) * bits, dtype=torch.uint8, device=data.device)
-        flat[: rest.numel()] = rest
-        padded[:, :bits] = flat.view(-1, bits)
-        lanes[loaded:] = padded.view(torch.int64).view(-1)
-    return lanes, loaded > 0
+    if data.device.type != "cpu":
+        padded = torch.zeros(groups * bits, dtype=torch.uint8, device=data.device)
+        padded[: data.numel()] = data
+        lanes = torch.zeros(groups, 8, dtype=torch.uint8, device=data.device)
+        lanes[:, :bits] = padded.view(groups, bits)
+        return lanes.view(torch.int64).view(-1), False
+    lanes = torch.empty(groups, dtype=torch.int64)
+    out, raw = lanes.numpy(), data.numpy()
+    direct = min(groups, max(0, (raw.size - 8) // bits + 1))  # groups whose 8-byte read stays in bounds
+    if direct:
+        np.copyto(out[:direct], np.ndarray((direct,), dtype="<i8", buffer=raw, strides=(bits,)))
+    if direct < groups:
+        tail = np.zeros((groups - direct) * bits + 8, dtype=np.uint8)
+        rest = raw[direct * bits:]
+        tail[: rest.size] = rest
+        np.copyto(out[direct:], np.ndarray((groups - direct,), dtype="<i8", buffer=tail, strides=(bits,)))
+    return lanes, True
 
 
 def _unpack_lanes(data: torch.Tensor, bits: int, numel: int) -> torch.Tensor:
