@@ -10,10 +10,13 @@ from typing import Callable, Collection, Iterable
 from torch import fx, nn
 
 import passes
+from fxquant.calibration import calibration_inputs
+from fxquant import distributed as fxdist
 from fxquant.config import QuantConfig
 from fxquant.modules import quant_module_for
 from fxquant.oracle import AccuracyOracle
-from passes.search import SearchConfig, search_bits
+from passes.calibrate import sequential_quantize
+from passes.search import SearchConfig, layer_quantizer, search_bits
 
 __all__ = ["compress", "quantize", "quantizable_layers", "FilterFn"]
 
@@ -39,8 +42,8 @@ def quantizable_layers(model: nn.Module, *, leaf_modules: Iterable[str] = ()) ->
 
 
 def quantize(model: nn.Module, bits: int | dict[str, int | None] = 4, *, config: QuantConfig | None = None,
-             filter_fn: FilterFn | None = None, leaf_modules: Iterable[str] = (),
-             mapping: dict[type, type] | None = None) -> fx.GraphModule:
+             calib_loader: Iterable | None = None, filter_fn: FilterFn | None = None,
+             leaf_modules: Iterable[str] = (), mapping: dict[type, type] | None = None) -> fx.GraphModule:
     """Quantize ``model``'s weights to fixed bit-widths; returns a new GraphModule.
 
     Args:
@@ -49,8 +52,13 @@ def quantize(model: nn.Module, bits: int | dict[str, int | None] = 4, *, config:
         bits: one width for every layer, or ``{layer_name: bits}`` (layers not
             named, or mapped to ``None``, stay float). Names come from
             :func:`quantizable_layers`.
-        config: quantizer settings (granularity, scheme, clipping); its ``bits``
-            is overridden per layer.
+        config: quantizer settings (granularity, scheme, clipping, rounding,
+            bias correction); its ``bits`` is overridden per layer.
+        calib_loader: iterable of input batches (or ``(inputs, targets)``; the
+            targets are unused). With it, and by default (``QuantConfig(rounding=
+            "auto", bias_correction=True)``), layers are quantized in execution
+            order with GPTQ rounding and bias correction measured on these inputs
+            (at most ``config.calib_samples`` samples). Without it: nearest rounding.
         filter_fn: ``filter_fn(module, layer_name) -> bool``; layers for which it
             returns False stay float.
         leaf_modules: submodules to keep whole when tracing (see ``passes.trace``).
@@ -71,7 +79,14 @@ def quantize(model: nn.Module, bits: int | dict[str, int | None] = 4, *, config:
         widths = {lay.name: bits for lay in chosen}
     else:
         raise ValueError(f"bits must be an int or a dict {{layer_name: bits}}, got {type(bits).__name__}")
-    return passes.rewrite(gm, widths, config=config, mapping=mapping, layers=layers)
+    if config is not None and not isinstance(config, QuantConfig):
+        raise ValueError(f"config must be a QuantConfig, got {type(config).__name__}")
+    cfg = (config or QuantConfig()).data_aware(calib_loader is not None)
+    given = None
+    if cfg.needs_data:
+        inputs = calibration_inputs(calib_loader, cfg.calib_samples)
+        given = sequential_quantize(gm, widths, cfg, inputs, layers=layers)
+    return passes.rewrite(gm, widths, config=cfg, mapping=mapping, layers=layers, quantized=given)
 
 
 def _check_mapping(gm: fx.GraphModule, layers: list[passes.Layer], mapping) -> None:
@@ -110,7 +125,8 @@ def _search_config(config: SearchConfig | None, options: dict) -> SearchConfig:
 def compress(model: nn.Module, calib_loader: Iterable | None = None, *, oracle: Callable | None = None,
              config: SearchConfig | None = None, filter_fn: FilterFn | None = None,
              keep_8bit: FilterFn | Collection[str] | None = None, leaf_modules: Iterable[str] = (),
-             mapping: dict[type, type] | None = None, verbose: bool = True, **options) -> fx.GraphModule:
+             mapping: dict[type, type] | None = None, verbose: bool = True, distributed: bool | None = None,
+             **options) -> fx.GraphModule:
     """Trace, annotate, search bit-widths and rewrite ``model``; returns the compressed GraphModule.
 
     Args:
@@ -121,20 +137,29 @@ def compress(model: nn.Module, calib_loader: Iterable | None = None, *, oracle: 
         config: a :class:`~passes.search.SearchConfig`; ``**options`` override
             its fields (``margin="fixed"``, ``t_init=0.5``, ``candidates=(2, 4, 8)``,
             ``strategy="bisect"``, ``evaluation="naive"``, ``quant=QuantConfig(...)``, ...).
+            By default each candidate width is quantized with GPTQ rounding and
+            bias correction from ``calib_loader``'s inputs (statistics measured
+            once on the float model); ``quant=QuantConfig(rounding="nearest",
+            bias_correction=False)`` gives plain rounding.
         filter_fn: ``filter_fn(module, layer_name) -> bool``; False keeps a layer float.
         keep_8bit: a layer name, names, or a ``filter_fn``-style callable, for
             layers quantized at ``baseline_bits`` (8) without being searched.
         leaf_modules, mapping: as for :func:`quantize`.
         verbose: log one progress line per layer (logger ``fxquant.search``).
+        distributed: split the oracle's calibration batches over the
+            ``torch.distributed`` processes (every rank passes the same model and
+            data and gets the same result; only rank 0 logs). ``None``: whenever a
+            process group is initialised (e.g. under ``torchrun``).
 
     ``fxquant.report(result)`` gives the :class:`~fxquant.reporting.CompressionReport`.
     """
     cfg = _search_config(config, options)
+    comm = fxdist.resolve(distributed)
     if oracle is None:
         oracle = AccuracyOracle(calib_loader)
     elif not callable(oracle):
         raise ValueError(f"oracle must be callable(model) -> float, got {type(oracle).__name__}")
-    if verbose:
+    if verbose and (comm is None or comm.is_main):  # the other ranks keep the application's logging
         _ensure_progress_output()
     work = copy.deepcopy(model).eval()
     gm = passes.trace(work, leaf_modules=leaf_modules, copy_model=False)
@@ -154,7 +179,13 @@ def compress(model: nn.Module, calib_loader: Iterable | None = None, *, oracle: 
         excluded = sorted(keep - {lay.name for lay in chosen})
         if excluded:
             raise ValueError(f"keep_8bit names layers that filter_fn keeps float: {excluded[:5]}")
-    result = search_bits(gm, oracle, cfg, layers=chosen, keep_8bit=keep, verbose=verbose)
-    passes.rewrite(gm, result.bits, config=cfg.quant, mapping=mapping, layers=layers)
+    calib_inputs = None
+    if calib_loader is not None and not isinstance(oracle, AccuracyOracle):
+        calib_inputs = calibration_inputs(calib_loader, cfg.quant.calib_samples)
+    quantizer = layer_quantizer(gm, chosen, cfg, oracle, calib_inputs)
+    result = search_bits(gm, oracle, cfg, layers=chosen, keep_8bit=keep, verbose=verbose, comm=comm,
+                         quantizer=quantizer)
+    passes.rewrite(gm, result.bits, config=result.config.quant, mapping=mapping, layers=layers,
+                   quantized=quantizer.chosen(result.bits))
     gm.meta["fxquant"] = result
     return gm

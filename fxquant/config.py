@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
-__all__ = ["QuantConfig", "GRANULARITIES", "SCHEMES", "CLIPPINGS"]
+__all__ = ["QuantConfig", "GRANULARITIES", "SCHEMES", "CLIPPINGS", "ROUNDINGS"]
 
 GRANULARITIES = ("per_channel", "per_tensor")
 SCHEMES = ("affine", "symmetric")
 CLIPPINGS = ("minmax", "mse")
+ROUNDINGS = ("auto", "nearest", "gptq")
 
 
 @dataclass(frozen=True)
@@ -32,6 +33,22 @@ class QuantConfig:
         mse_grid: number of clipping ratios tried by ``"mse"``, evenly spaced
             in ``[mse_min_ratio, 1]``.
         mse_min_ratio: smallest clipping ratio tried by ``"mse"``.
+        rounding: how weights are rounded onto the grid. ``"nearest"``: each
+            weight to its nearest level (needs no data). ``"gptq"``: GPTQ/OBQ
+            error-compensating rounding: weights are rounded one input column at
+            a time and the rounding error is pushed onto the columns not yet
+            rounded, weighted by the layer's input second moments measured on
+            calibration data (same grid, same packed format). ``"auto"``
+            (default): ``"gptq"`` when calibration data are given, else
+            ``"nearest"``.
+        bias_correction: when calibration data are given, shift each quantized
+            layer's bias so its per-channel output mean on the calibration data
+            matches the float model's (the correction is folded into the bias,
+            which is created if the layer had none).
+        damp: GPTQ's damping, as a fraction of the mean diagonal of the input
+            second-moment matrix (keeps its inverse well conditioned).
+        calib_samples: at most this many calibration samples feed the
+            statistics of data-aware rounding and bias correction.
     """
 
     bits: int = 8
@@ -40,6 +57,10 @@ class QuantConfig:
     clipping: str = "minmax"
     mse_grid: int = 40
     mse_min_ratio: float = 0.2
+    rounding: str = "auto"
+    bias_correction: bool = True
+    damp: float = 0.01
+    calib_samples: int = 1024
 
     def __post_init__(self) -> None:
         if isinstance(self.bits, bool) or not isinstance(self.bits, int) or not 1 <= self.bits <= 8:
@@ -59,6 +80,16 @@ class QuantConfig:
                 f"QuantConfig.mse_min_ratio must be in (0, 1], got {self.mse_min_ratio!r}"
             )
 
+        if self.rounding not in ROUNDINGS:
+            raise ValueError(f"QuantConfig.rounding must be one of {ROUNDINGS}, got {self.rounding!r}")
+        if not isinstance(self.bias_correction, bool):
+            raise ValueError(f"QuantConfig.bias_correction must be True or False, got {self.bias_correction!r}")
+        if isinstance(self.damp, bool) or not isinstance(self.damp, (int, float)) or not 0.0 < self.damp < 1e3:
+            raise ValueError(f"QuantConfig.damp must be a positive number, got {self.damp!r}")
+        if isinstance(self.calib_samples, bool) or not isinstance(self.calib_samples, int) \
+                or self.calib_samples < 1:
+            raise ValueError(f"QuantConfig.calib_samples must be a positive int, got {self.calib_samples!r}")
+
     @property
     def per_channel(self) -> bool:
         return self.granularity == "per_channel"
@@ -66,3 +97,20 @@ class QuantConfig:
     def with_bits(self, bits: int) -> "QuantConfig":
         """A copy of this config at another bit-width (validated)."""
         return replace(self, bits=bits)
+
+    def data_aware(self, has_data: bool) -> "QuantConfig":
+        """This config with ``rounding`` resolved (``"auto"`` -> ``"gptq"`` or ``"nearest"``) and
+        ``bias_correction`` switched off when there are no calibration data.
+
+        Raises ValueError when ``rounding="gptq"`` is asked for without data.
+        """
+        if self.rounding == "gptq" and not has_data:
+            raise ValueError("QuantConfig(rounding='gptq') needs calibration data: pass calib_loader "
+                             "(or use rounding='nearest')")
+        rounding = self.rounding if self.rounding != "auto" else ("gptq" if has_data else "nearest")
+        return replace(self, rounding=rounding, bias_correction=self.bias_correction and has_data)
+
+    @property
+    def needs_data(self) -> bool:
+        """True when quantizing under this (resolved) config uses calibration data."""
+        return self.rounding == "gptq" or self.bias_correction

@@ -137,14 +137,16 @@ class QuantLinear(_PackedWeightMixin, nn.Module):
 
     @classmethod
     def from_float(cls, module: nn.Linear, bits: int, config: QuantConfig | None = None,
-                   name: str | None = None) -> "QuantLinear":
-        """Quantize ``module``'s weight to ``bits`` bits; ``name`` labels errors."""
+                   name: str | None = None, qweight: QuantizedWeight | None = None) -> "QuantLinear":
+        """Quantize ``module``'s weight to ``bits`` bits (or install ``qweight``); ``name`` labels errors."""
         if not isinstance(module, cls._FLOAT_TYPES):
             raise ValueError(f"{cls.__name__}.from_float expects an nn.Linear, got {type(module).__name__}")
         cfg = _config_for(bits, config)
         q = cls(module.in_features, module.out_features, module.bias is not None, bits=bits,
-                per_channel=cfg.per_channel)
-        q._set_quantized(quantize_weight(module.weight, cfg, name or cls.__name__))
+                per_channel=cfg.per_channel if qweight is None else qweight.scale.numel() > 1)
+        if qweight is None:
+            qweight = quantize_weight(module.weight, cfg, name or cls.__name__)
+        q._set_quantized(qweight)
         q.bias = _bias_copy(module)
         return q
 
@@ -183,16 +185,19 @@ class _QuantConvNd(_PackedWeightMixin, nn.Module):
 
     @classmethod
     def from_float(cls, module: nn.Module, bits: int, config: QuantConfig | None = None,
-                   name: str | None = None):
-        """Quantize ``module``'s weight to ``bits`` bits; ``name`` labels errors."""
+                   name: str | None = None, qweight: QuantizedWeight | None = None):
+        """Quantize ``module``'s weight to ``bits`` bits (or install ``qweight``); ``name`` labels errors."""
         if not isinstance(module, cls._FLOAT_TYPES):
             raise ValueError(f"{cls.__name__}.from_float expects {cls._FLOAT_TYPES[0].__name__}, "
                              f"got {type(module).__name__}")
         cfg = _config_for(bits, config)
         q = cls(module.in_channels, module.out_channels, module.kernel_size, module.stride,
                 module.padding, module.dilation, module.groups, module.bias is not None,
-                module.padding_mode, bits=bits, per_channel=cfg.per_channel)
-        q._set_quantized(quantize_weight(module.weight, cfg, name or cls.__name__))
+                module.padding_mode, bits=bits,
+                per_channel=cfg.per_channel if qweight is None else qweight.scale.numel() > 1)
+        if qweight is None:
+            qweight = quantize_weight(module.weight, cfg, name or cls.__name__)
+        q._set_quantized(qweight)
         q.bias = _bias_copy(module)
         return q
 

@@ -176,11 +176,14 @@ def _rebuild(saved: SavedModel, model: nn.Module, mapping) -> fx.GraphModule:
     if have != list(saved.bits):
         first = next(a for a, b in zip(have, saved.bits) if a != b)
         raise _mismatch(saved, model, f"the layers run in a different order (first difference at {first!r})")
+    # The weights come from the file: rebuilding needs no data, whatever rounding made them.
+    rebuild_cfg = dataclasses.replace(saved.quant, rounding="nearest", bias_correction=False)
     try:
-        gm = quantize(work, dict(saved.bits), config=saved.quant, leaf_modules=saved.leaf_modules,
+        gm = quantize(work, dict(saved.bits), config=rebuild_cfg, leaf_modules=saved.leaf_modules,
                       mapping=mapping)
     except Exception as e:  # noqa: BLE001
         raise _mismatch(saved, model, f"cannot quantize it as saved: {type(e).__name__}: {e}") from e
+    _add_corrected_biases(saved, gm)
     rebuilt = {info.name: info for info in passes.layer_infos(gm)}
     for info in saved.infos:
         got = rebuilt[info.name]
@@ -195,6 +198,15 @@ def _rebuild(saved: SavedModel, model: nn.Module, mapping) -> fx.GraphModule:
                                           f"but {got_modules.get(name)} once rebuilt (pass the same mapping= "
                                           "as when compressing)")
     return gm
+
+
+def _add_corrected_biases(saved: SavedModel, gm: fx.GraphModule) -> None:
+    """Bias correction gives a bias to quantized layers that had none: give them one to load into."""
+    stored = {key for entry in saved.tensors for key in entry["keys"]}
+    for path, module in gm.named_modules():
+        key = f"{path}.bias" if path else "bias"
+        if is_quantized_module(module) and getattr(module, "bias", 0) is None and key in stored:
+            module.bias = nn.Parameter(torch.zeros(module.weight_shape[0]), requires_grad=False)
 
 
 def _fill_state(saved: SavedModel, gm: fx.GraphModule, model: nn.Module, data: bytearray) -> None:

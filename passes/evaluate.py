@@ -18,14 +18,28 @@ Fast evaluation needs the default :class:`~fxquant.oracle.AccuracyOracle`
 (a user oracle is a black box over the whole model), a single-input graph, and
 no value written in place before another node reads it (measured once on the
 first batch, see :func:`measure_mutations`); otherwise the naive way is used.
+
+Over several processes (``comm``, see :mod:`fxquant.distributed`) every rank
+holds all calibration batches and scores its round-robin share of them; counts
+are summed over the ranks after every step, so all ranks stop at the same step
+and take the same decisions. Hardest-first ordering is global: each rank
+computes the margins of its share, the margins are summed into one vector and
+every rank re-batches the full set identically *before* taking its share, so
+every batch a rank scores is bit for bit a batch a single process would score.
+A single process checks the early stop after every batch, N processes after
+every N batches: decisions, and every complete value, are the same; the upper
+bound reported by a stopped evaluation can be lower (tighter).
 """
 
 from __future__ import annotations
 
+import itertools
 import logging
+
 import torch
 from torch import fx
 
+from fxquant.distributed import Comm
 from fxquant.oracle import AccuracyOracle, check_oracle_value
 from passes.layers import Layer
 
@@ -95,15 +109,25 @@ class GraphEvaluator:
     """Runs ``oracle`` on ``gm`` and counts oracle calls and layer-forwards.
 
     A *layer-forward* is one execution, on one batch, of a graph node that
-    computes with a layer weight. ``cache_bytes`` bounds the activations kept
-    for layers searched later (fast mode).
+    computes with a layer weight (counted on this rank; see
+    :meth:`total_layer_forwards`). ``cache_bytes`` bounds the activations kept
+    for layers searched later (fast mode). With ``comm``, this rank scores its
+    share of the batches and every evaluation is a collective.
     """
 
     def __init__(self, gm: fx.GraphModule, oracle, layers: list[Layer], fast: bool = True,
-                 cache_bytes: int = 4 << 30):
-        self.gm, self.oracle = gm, oracle
+                 cache_bytes: int = 4 << 30, comm: Comm | None = None):
+        self.gm, self.oracle, self.comm = gm, oracle, comm
+        self._main = comm is None or comm.is_main
+        accuracy = isinstance(oracle, AccuracyOracle)
+        if comm is not None and accuracy:
+            comm.check_batches(oracle.batches)
+        elif comm is not None and comm.is_main:
+            log.info("fxquant: a user-supplied oracle cannot be sharded; each of the %d processes evaluates "
+                     "it on the whole model and rank 0's value decides (no speed-up unless the oracle "
+                     "splits its own data)", comm.world_size)
         # The evaluator's own list: reordering it never touches the caller's oracle.
-        self.batches = list(oracle.batches) if isinstance(oracle, AccuracyOracle) else []
+        self._take_share(list(oracle.batches) if accuracy else [])
         self.calls = 0
         self.layer_forwards = 0
         self._uses = {layer.name: self._nodes_using(layer) for layer in layers}
@@ -111,15 +135,16 @@ class GraphEvaluator:
         self._order = list(gm.graph.nodes)
         self._placeholder = next((n for n in self._order if n.op == "placeholder"), None)
         self._mutations: dict[fx.Node, set[fx.Node]] = {}
-        if isinstance(oracle, AccuracyOracle) and self._placeholder is not None:
-            self._mutations = measure_mutations(gm, self.batches[0][0])
+        if accuracy and self._placeholder is not None:
+            # The same batch on every rank: all ranks must choose the same evaluation path.
+            self._mutations = measure_mutations(gm, oracle.batches[0][0])
         # A model that writes into its input must not change the calibration data.
         self._clone_input = any(self._placeholder in written for written in self._mutations.values())
         blocker = fast_path_blocker(gm, oracle, self._mutations) if fast else "naive evaluation was requested"
         self.fast = blocker is None
-        if fast and blocker:
+        if fast and blocker and self._main:
             # A user oracle is an expected choice, not a problem worth a warning.
-            level = logging.INFO if not isinstance(oracle, AccuracyOracle) else logging.WARNING
+            level = logging.INFO if not accuracy else logging.WARNING
             log.log(level, "fxquant: fast evaluation disabled (%s); using naive evaluation", blocker)
         self._interp = fx.Interpreter(gm, garbage_collect_values=False)
         self._last_use = self._last_uses()
@@ -127,6 +152,19 @@ class GraphEvaluator:
         self._geometries: dict[str, tuple[list[fx.Node], set[fx.Node]]] = {}
         self._clone: set[fx.Node] = set()
         self.release()
+
+    # ----- processes ----------------------------------------------------------------------------
+    def _take_share(self, batches: list, copy: bool = False) -> None:
+        """Keep this rank's round-robin share of ``batches`` (all of them in one process); ``copy``
+        so that views into a tensor of all ranks' samples do not keep the others' alive."""
+        self._index = list(range(len(batches))) if self.comm is None else self.comm.shard(len(batches))
+        self._steps = len(batches) if self.comm is None else self.comm.steps(len(batches))
+        self.batches = [(batches[i][0].clone(), batches[i][1].clone()) if copy else batches[i]
+                        for i in self._index]
+
+    def total_layer_forwards(self) -> int:
+        """Layer-forwards summed over all ranks (a collective with ``comm``: every rank calls it)."""
+        return self.comm.sum_ints(self.layer_forwards)[0] if self.comm is not None else self.layer_forwards
 
     # ----- graph bookkeeping -------------------------------------------------------------------
     def _nodes_using(self, layer: Layer) -> set[fx.Node]:
@@ -193,13 +231,17 @@ class GraphEvaluator:
         """
         self.calls += 1
         if not isinstance(self.oracle, AccuracyOracle):
-            return check_oracle_value(self.oracle(self.gm)), True
+            def value():
+                return check_oracle_value(self.oracle(self.gm))
+
+            # A black box may see different data on each rank: rank 0's value decides for all.
+            return (value() if self.comm is None else self.comm.main_result(value)), True
         if not self.fast:
-            correct = 0
-            for i, (x, y) in enumerate(self.batches):
-                correct += self.oracle.correct(self.gm(x.clone() if self._clone_input else x), y, i)
+            def whole(_i, x):
                 self.layer_forwards += len(self._weighted)
-            return self.oracle.accuracy(correct), True
+                return self.gm(x.clone() if self._clone_input else x)
+
+            return self._score(whole, None)
         return self._score(lambda i, x: self._run({self._placeholder: x.clone() if self._clone_input else x},
                                                    self._order[1:]), threshold)
 
@@ -215,34 +257,49 @@ class GraphEvaluator:
         """
         if not isinstance(self.oracle, AccuracyOracle):
             return
-        kinds = {(tuple(x.shape[1:]), x.dtype, x.device) for x, _ in self.batches}
+        every = self.oracle.batches  # all ranks' batches, in the user's order
+        kinds = {(tuple(x.shape[1:]), x.dtype, x.device) for x, _ in every}
         if len(kinds) > 1:  # samples of different shapes cannot be regrouped; keep the user's batches
-            log.info("fxquant: calibration batches differ in shape/dtype/device; keeping their order")
+            if self._main:
+                log.info("fxquant: calibration batches differ in shape/dtype/device; keeping their order")
             return
         self.calls += 1
-        margins = []
-        for i, (x, y) in enumerate(self.batches):
+        sizes = [len(y) for _, y in every]
+        starts = [0, *itertools.accumulate(sizes)]
+        # float64 holds any logits dtype exactly, so the order is the one those logits give.
+        margins = torch.zeros(sum(sizes), dtype=torch.float64)
+        for i, (x, y) in zip(self._index, self.batches):
             logits = self.gm(x.clone() if self._clone_input else x)
             logits = logits[0] if isinstance(logits, (tuple, list)) else logits
             self.oracle.correct(logits, y, i)  # validates the output and the targets
             target = logits.gather(1, y.view(-1, 1)).squeeze(1)
             rival = logits.scatter(1, y.view(-1, 1), float("-inf")).amax(dim=1)
-            margins.append(target - rival)
+            margins[starts[i]:starts[i] + sizes[i]] = (target - rival).double().cpu()
             self.layer_forwards += len(self._weighted)
-        order = torch.argsort(torch.cat(margins), stable=True)
-        xs = torch.cat([x for x, _ in self.batches])[order]
-        ys = torch.cat([y for _, y in self.batches])[order]
-        sizes = [len(y) for _, y in self.batches]
-        self.batches = list(zip(xs.split(sizes), ys.split(sizes)))
+        if self.comm is not None:
+            margins = self.comm.sum_disjoint(margins)  # each sample's margin comes from one rank only
+        order = torch.argsort(margins, stable=True)
+        xs = torch.cat([x for x, _ in every])[order.to(every[0][0].device)]
+        ys = torch.cat([y for _, y in every])[order.to(every[0][1].device)]
+        batches = list(zip(xs.split(sizes), ys.split(sizes)))
+        self._take_share(batches, copy=self.comm is not None)
         self.release()
 
     def _score(self, forward, threshold):
+        """Accuracy over all ranks' batches; ``forward(i, x)`` gives the logits of local batch ``i``."""
         correct = seen = 0
-        for i, (x, y) in enumerate(self.batches):
-            correct += self.oracle.correct(forward(i, x), y, i)
-            seen += y.numel()
+        for step in range(self._steps):
+            got = count = 0
+            if step < len(self.batches):  # a rank past its last batch still joins the sums
+                x, y = self.batches[step]
+                got, count = self.oracle.correct(forward(step, x), y, self._index[step]), y.numel()
+            if self.comm is not None and threshold is not None:
+                got, count = self.comm.sum_ints(got, count)  # global counts: every rank stops here alike
+            correct, seen = correct + got, seen + count
             if threshold is not None and not self.oracle.can_still_reach(correct, seen, threshold):
                 return self.oracle.accuracy(correct + self.oracle.total - seen), False
+        if self.comm is not None and threshold is None:
+            correct, = self.comm.sum_ints(correct)
         return self.oracle.accuracy(correct), True
 
     # ----- frontier caching (fast mode) ----------------------------------------------------------

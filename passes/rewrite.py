@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 
+import torch
 from torch import fx, nn
 
 from fxquant.attention import QuantMultiheadAttention
@@ -58,12 +59,25 @@ def _split(path: str) -> tuple[str, str]:
     return module_path, attr
 
 
-def _quantize_module(gm, layer: Layer, bits: int, config, mapping) -> dict[str, str]:
+def _quantize_module(gm, layer: Layer, bits: int, config, mapping, given=None) -> dict[str, str]:
     owner = gm.get_submodule(layer.module_path)
     qcls = quant_module_for(owner, mapping)
     if qcls is None:
         raise ValueError(f"layer {layer.name}: no quantized module for {type(owner).__name__} in the mapping")
-    q = qcls.from_float(owner, bits, config, name=layer.name)
+    if given is None:
+        q = qcls.from_float(owner, bits, config, name=layer.name)
+    else:
+        qweight, bias = given
+        if qweight.bits != bits:
+            raise ValueError(f"layer {layer.name}: the quantized weight given has {qweight.bits} bits, "
+                             f"the layer is to get {bits}")
+        try:
+            q = qcls.from_float(owner, bits, config, name=layer.name, qweight=qweight)
+        except TypeError as e:
+            raise ValueError(f"layer {layer.name}: {qcls.__name__}.from_float takes no qweight= argument, "
+                             "needed to install a data-aware quantized weight") from e
+        if bias is not None:
+            q.bias = nn.Parameter(bias.detach().to(torch.float32).clone(), requires_grad=False)
     _set_submodule(gm, layer.module_path, q)
     reads = {layer.param_path: layer.module_path}
     for tied_path in layer.tied:
@@ -96,7 +110,8 @@ def _replace_node(graph: fx.Graph, node: fx.Node, new: fx.Node) -> None:
 
 
 def rewrite(gm: fx.GraphModule, bits: dict[str, int | None], *, config: QuantConfig | None = None,
-            mapping: dict[type, type] | None = None, layers: list[Layer] | None = None) -> fx.GraphModule:
+            mapping: dict[type, type] | None = None, layers: list[Layer] | None = None,
+            quantized: dict[str, tuple] | None = None) -> fx.GraphModule:
     """Rewrite ``gm`` in place: quantize each layer named in ``bits`` to its width, then lint and recompile.
 
     Args:
@@ -105,6 +120,9 @@ def rewrite(gm: fx.GraphModule, bits: dict[str, int | None], *, config: QuantCon
         mapping: float-module class -> quantized class (default
             ``fxquant.DEFAULT_QUANT_MODULE_MAPPING``).
         layers: the result of :func:`passes.layers.find_layers`, if already computed.
+        quantized: ``{layer: (QuantizedWeight, bias or None)}`` computed beforehand
+            (data-aware rounding, :mod:`passes.calibrate`) for ``module`` layers;
+            others are quantized from their float weight under ``config``.
 
     Returns ``gm`` itself. The layers' annotations (if any) get their ``bits``.
     """
@@ -118,7 +136,8 @@ def rewrite(gm: fx.GraphModule, bits: dict[str, int | None], *, config: QuantCon
             continue
         b = widths[layer.name]
         if layer.how == "module":
-            module_reads.update(_quantize_module(gm, layer, b, config, mapping))
+            given = (quantized or {}).get(layer.name)
+            module_reads.update(_quantize_module(gm, layer, b, config, mapping, given))
         elif layer.how == "mha":
             mha_widths[layer.module_path][layer.attr] = b
         else:

@@ -20,6 +20,7 @@ drop when a layer gets more bits).
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from dataclasses import dataclass, field
@@ -27,11 +28,14 @@ from dataclasses import dataclass, field
 import torch
 from torch import fx
 
+from fxquant.calibration import calibration_inputs
 from fxquant.config import QuantConfig
-from fxquant.quantizer import fake_quantize
+from fxquant.oracle import AccuracyOracle
+from passes.calibrate import LayerQuantizer
+from fxquant.distributed import Comm
 from passes.evaluate import GraphEvaluator
 from passes.importance import annotate_importance, layer_infos, update_layer_infos
-from passes.layers import Layer, find_layers, weight_of
+from passes.layers import Layer, find_layers
 
 __all__ = ["SearchConfig", "LayerDecision", "SearchResult", "search_bits"]
 
@@ -107,7 +111,21 @@ class SearchResult:
     layer_forwards: int
     seconds: float
     evaluation: str  # what was actually used: "fast" or "naive"
-    config: SearchConfig
+    config: SearchConfig  # as used: ``quant.rounding`` resolved ("gptq" or "nearest")
+
+
+def layer_quantizer(gm: fx.GraphModule, layers: list[Layer], cfg: SearchConfig, oracle,
+                    calib_inputs: list[torch.Tensor] | None = None) -> LayerQuantizer:
+    """The search's candidate quantizer: data-aware when calibration inputs are at hand.
+
+    They are ``calib_inputs`` or else the default oracle's batches (labels unused).
+    """
+    if calib_inputs is None and isinstance(oracle, AccuracyOracle):
+        calib_inputs = [x for x, _ in oracle.batches]
+    quant = cfg.quant.data_aware(calib_inputs is not None)
+    inputs = calibration_inputs(calib_inputs, quant.calib_samples, "calibration inputs") \
+        if quant.needs_data else None
+    return LayerQuantizer(gm, layers, quant, inputs)
 
 
 def _margin(cfg: SearchConfig, importance: float, max_importance: float, edge: bool) -> float:
@@ -121,13 +139,20 @@ def _margin(cfg: SearchConfig, importance: float, max_importance: float, edge: b
 
 def search_bits(gm: fx.GraphModule, oracle, config: SearchConfig | None = None, *,
                 layers: list[Layer] | None = None, keep_8bit: set[str] = frozenset(),
-                verbose: bool = True) -> SearchResult:
+                verbose: bool = True, comm: Comm | None = None,
+                quantizer: LayerQuantizer | None = None) -> SearchResult:
     """Search bit-widths for ``gm``'s layers; annotates ``node.meta`` in place.
 
-    The float weights are changed while candidates are evaluated and restored
-    before returning; the graph is not changed (``passes.rewrite`` applies the
-    result). ``layers`` (default: all) are quantized; those named in
+    The float weights (and biases) are changed while candidates are evaluated
+    and restored before returning; the graph is not changed (``passes.rewrite``
+    applies the result). ``layers`` (default: all) are quantized; those named in
     ``keep_8bit`` stay at ``baseline_bits`` without being searched.
+    ``quantizer`` (default: :func:`layer_quantizer`) makes each candidate; pass
+    the same one to ``rewrite`` (``quantized=quantizer.chosen(result.bits)``)
+    so the model built is the model measured. With ``comm``
+    (:mod:`fxquant.distributed`), every rank must call this with the same model,
+    data and settings: each scores its share of the calibration batches, all
+    return the same result, and only rank 0 logs progress.
     """
     cfg = config or SearchConfig()
     t0 = time.perf_counter()
@@ -136,23 +161,15 @@ def search_bits(gm: fx.GraphModule, oracle, config: SearchConfig | None = None, 
     if not layers:
         raise ValueError("no layers to search: the filter excluded every layer")
     infos = {i.name: i for i in (layer_infos(gm) or annotate_importance(gm, w_p=cfg.w_p, w_v=cfg.w_v))}
-    originals = {lay.name: weight_of(gm, lay).detach().clone() for lay in layers}
-    cache: dict[tuple[str, int], torch.Tensor] = {}
-
-    def set_bits(layer: Layer, bits: int | None) -> None:
-        if bits is None:
-            value = originals[layer.name]
-        else:
-            if (layer.name, bits) not in cache:
-                cache[(layer.name, bits)] = fake_quantize(originals[layer.name], cfg.quant.with_bits(bits),
-                                                          layer.name)
-            value = cache[(layer.name, bits)]
-        with torch.no_grad():
-            weight_of(gm, layer).copy_(value)
+    if quantizer is None:
+        quantizer = layer_quantizer(gm, layers, cfg, oracle)
+    else:
+        t0 -= quantizer.setup_seconds  # its statistics are part of the search's cost
+    set_bits = quantizer.apply
 
     evaluator = GraphEvaluator(gm, oracle, layers, fast=cfg.evaluation == "fast",
-                               cache_bytes=int(cfg.cache_mb * 2**20))
-    emit = log.info if verbose else log.debug
+                               cache_bytes=int(cfg.cache_mb * 2**20), comm=comm)
+    emit = log.info if verbose and (comm is None or comm.is_main) else log.debug
     try:
         if cfg.hardest_first:
             evaluator.order_hardest_first()  # by the float model's margins, before any value is measured
@@ -180,8 +197,7 @@ def search_bits(gm: fx.GraphModule, oracle, config: SearchConfig | None = None, 
         final_value, _ = evaluator.evaluate()
     finally:
         evaluator.release()
-        for layer in layers:
-            set_bits(layer, None)
+        quantizer.restore()
     bits = {lay.name: cfg.baseline_bits for lay in layers}
     bits.update({d.name: d.bits for d in decisions})
     changes = {name: {"bits": b} for name, b in bits.items()}
@@ -191,8 +207,9 @@ def search_bits(gm: fx.GraphModule, oracle, config: SearchConfig | None = None, 
     update_layer_infos(gm, changes)
     result = SearchResult(bits=bits, decisions=tuple(decisions), float_value=float_value,
                           baseline_value=baseline, final_value=final_value, oracle_calls=evaluator.calls,
-                          layer_forwards=evaluator.layer_forwards, seconds=time.perf_counter() - t0,
-                          evaluation="fast" if evaluator.fast else "naive", config=cfg)
+                          layer_forwards=evaluator.total_layer_forwards(), seconds=time.perf_counter() - t0,
+                          evaluation="fast" if evaluator.fast else "naive",
+                          config=dataclasses.replace(cfg, quant=quantizer.config))
     emit("fxquant search: final %.3f (baseline %.3f), %d oracle calls, %d layer-forwards, %.1f s",
          final_value, baseline, result.oracle_calls, result.layer_forwards, result.seconds)
     return result
