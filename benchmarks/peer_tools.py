@@ -197,10 +197,11 @@ def _torchao_quantized(model: nn.Module) -> list[str]:
 
 
 def _build_fxquant_fixed(bits: int) -> Callable:
-    def build(model, _calib, example) -> Built:
-        q, seconds = _timed(lambda: fxquant.quantize(model, bits))
+    def build(model, calib, example) -> Built:
+        # Given data, the library default (QuantConfig(rounding="auto", ...)) uses it; record what it resolved to.
+        q, seconds = _timed(lambda: fxquant.quantize(model, bits, calib_loader=calib))
         _smoke(q, example)
-        return Built(q, seconds, config=repr(fxquant.QuantConfig(bits=bits)))
+        return Built(q, seconds, config=repr(fxquant.QuantConfig(bits=bits).data_aware(True)))
     return build
 
 
