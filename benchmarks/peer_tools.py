@@ -108,7 +108,9 @@ def _build_ao_dynamic(model, _calib, example) -> Built:
         warnings.simplefilter("ignore")
         q, seconds = _timed(lambda: tq.quantize_dynamic(work, {nn.Linear}, dtype=torch.qint8))
     _smoke(q, example)
-    return Built(q, seconds, "int8 dynamic quantization applies to nn.Linear only (no conv support)")
+    return Built(q, seconds, "int8 dynamic quantization applies to nn.Linear only (no conv support); its "
+                             "activation range is taken per batch, so its accuracy depends on the evaluation "
+                             "batch size")
 
 
 def _build_ao_fx_static(model, calib, example) -> Built:

@@ -132,7 +132,8 @@ SAVED_AS = {".pt": "torch.save(state_dict)", ".fxq": "fxquant.save"}
 def table(rows: list[dict], info: dict, args, command: str, n_test: int) -> str:
     float_row = next((r for r in rows if r["key"] == "float32" and r["status"] == "ok"), None)
     lines = [
-        f"**{args.model}**, EuroSAT held-out test split ({n_test:,} images), "
+        f"**{args.model}**, EuroSAT held-out test split ({n_test:,} images, evaluated in batches of "
+        f"{args.eval_batch}), "
         f"{args.calib_size:,} calibration images from the training split. "
         f"{info['cpu']}, {info['cores']} cores, {args.threads} threads; torch {info['torch']}, "
         f"torchao {info['torchao']}, fxquant {info['fxquant']}, Python {info['python']}, {info['date']}.",
@@ -198,6 +199,7 @@ def main(argv=None) -> int:
     parser.add_argument("--threads", type=int, default=1, help="torch threads for everything (default 1)")
     parser.add_argument("--calib-size", type=int, help="calibration images (default 2000; --quick 256)")
     parser.add_argument("--test-size", type=int, help="stratified subset of the test split (default all; --quick 500)")
+    parser.add_argument("--eval-batch", type=int, default=256, help="batch size of the accuracy evaluation")
     parser.add_argument("--rounds", type=int, help="interleaved latency rounds (default 9; --quick 3)")
     parser.add_argument("--min-seconds", type=float, help="time per model per round (default 0.3; --quick 0.1)")
     parser.add_argument("--rows", type=lambda s: s.split(","), help="comma-separated subset of: "
@@ -229,7 +231,7 @@ def main(argv=None) -> int:
     test_idx = splits.test_idx
     if args.test_size is not None and args.test_size < test_idx.numel():
         test_idx = calibration_indices(splits.arrays.labels, test_idx, args.test_size, seed=1)
-    test_loader = splits.loader(test_idx)
+    test_loader = splits.loader(test_idx, batch_size=args.eval_batch)
     info = machine()
     print(f"{args.model}: {test_idx.numel()} test images, {args.calib_size} calibration images, "
           f"{args.threads} threads; {info}")

@@ -56,7 +56,8 @@ def test_interleaved_latency_reports_every_model_against_the_reference():
 
 
 def _args(**kw):
-    return type("Args", (), {"model": "resnet18", "calib_size": 256, "threads": 1, "rounds": 3, **kw})()
+    return type("Args", (), {"model": "resnet18", "calib_size": 256, "threads": 1, "rounds": 3, "eval_batch": 256,
+                           **kw})()
 
 
 def test_table_and_doc_block(tmp_path):
