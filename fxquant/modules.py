@@ -84,7 +84,12 @@ class _PackedWeightMixin:
         """The float32 weight the module computes with (cached when ``cache_weight``)."""
         if self._weight_cache is not None:
             return self._weight_cache
-        weight = dequantize(self.weight_codes(), self.weight_scale, self.weight_zero_point)
+        if self.bits == 8:
+            # The bytes are the codes: skip unpack's copy (dequantize makes a new tensor anyway).
+            codes = self.packed_weight[: math.prod(self.weight_shape)].view(self.weight_shape)
+        else:
+            codes = self.weight_codes()
+        weight = dequantize(codes, self.weight_scale, self.weight_zero_point)
         if self.cache_weight:
             self._weight_cache = weight
         return weight

@@ -8,6 +8,7 @@ from torch import nn
 
 import fxquant
 from fxquant import QuantConfig, QuantConv1d, QuantConv2d, QuantConv3d, QuantLinear, fake_quantize
+from fxquant.packing import _unpack_columns
 
 FLOAT_AND_QUANT = [
     (lambda: nn.Linear(20, 7), QuantLinear, (5, 20)),
@@ -143,3 +144,14 @@ def test_per_tensor_config_is_respected():
     x = torch.randn(3, 8)
     ref = _reference(fm, 4, QuantConfig(bits=4, granularity="per_tensor"))
     torch.testing.assert_close(q(x), ref(x), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("bits", range(1, 9))
+def test_packed_forward_weight_is_bit_identical_to_the_reference_path(bits):
+    # The forward path (fast unpack, no copy at 8 bits) against column unpack + dequantize.
+    q = QuantConv2d.from_float(nn.Conv2d(24, 40, 3), bits)
+    numel = 40 * 24 * 3 * 3
+    codes = q.packed_weight.clone() if bits == 8 else _unpack_columns(q.packed_weight, bits, numel)
+    codes = codes.view(q.weight_shape)
+    assert torch.equal(q.weight_codes(), codes)
+    assert torch.equal(q.dequantized_weight(), fxquant.dequantize(codes, q.weight_scale, q.weight_zero_point))

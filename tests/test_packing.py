@@ -6,7 +6,8 @@ import pytest
 import torch
 from hypothesis import given
 
-from fxquant import pack, packed_nbytes, unpack
+from fxquant import pack, packed_nbytes, packing, unpack
+from fxquant.packing import _unpack_columns, _unpack_lanes
 from tests.strategies import codes_and_bits
 
 
@@ -70,3 +71,47 @@ def test_codes_out_of_range_and_wrong_dtypes():
         unpack(torch.tensor([1, 2]), 2, 4)
     with pytest.raises(ValueError, match="need"):
         unpack(torch.zeros(1, dtype=torch.uint8), 3, 8)
+
+
+# ----------------------------------------------------------------------------- fast unpack path
+# unpack() takes the lane (SWAR) path on little-endian hosts; the column path is
+# the reference it must match bit for bit, at every width, length and offset.
+
+
+@given(codes_and_bits(max_numel=2000))
+def test_fast_unpack_matches_column_reference(cb):
+    codes, bits = cb
+    packed = pack(codes, bits)
+    if bits < 8 and codes.numel():
+        assert torch.equal(_unpack_lanes(packed, bits, codes.numel()),
+                           _unpack_columns(packed, bits, codes.numel()))
+    assert torch.equal(unpack(packed, bits, codes.numel()), codes)
+
+
+@pytest.mark.parametrize("bits", range(1, 8))
+@pytest.mark.parametrize("numel", [1, 8, 9, 63, 64, 65, 200_003])
+def test_fast_unpack_on_slices_with_trailing_bytes(bits, numel):
+    # Packed bytes inside a bigger buffer, at an odd offset, with garbage after
+    # them: the strided 8-byte loads of odd widths must not read the garbage into codes.
+    codes = torch.randint(0, 1 << bits, (numel,), dtype=torch.uint8)
+    packed = pack(codes, bits)
+    buffer = torch.full((packed.numel() + 20,), 0xFF, dtype=torch.uint8)
+    buffer[3:3 + packed.numel()] = packed
+    assert torch.equal(unpack(buffer[3:], bits, numel), codes)
+    assert torch.equal(unpack(buffer[3:3 + packed.numel()], bits, numel), codes)
+    with torch.inference_mode():
+        assert torch.equal(unpack(packed, bits, numel), codes)
+
+
+@pytest.mark.parametrize("bits", [3, 4, 5])
+def test_fast_unpack_across_chunks(bits, monkeypatch):
+    # Tiny chunks: every chunk boundary (and a partial last chunk) is exercised.
+    monkeypatch.setattr(packing, "_CHUNK_BYTES", 24)
+    codes = torch.randint(0, 1 << bits, (1001,), dtype=torch.uint8)
+    assert torch.equal(unpack(pack(codes, bits), bits, 1001), codes)
+
+
+def test_column_path_is_used_on_big_endian_hosts(monkeypatch):
+    monkeypatch.setattr(packing, "_LITTLE_ENDIAN", False)
+    codes = torch.randint(0, 8, (77,), dtype=torch.uint8)
+    assert torch.equal(unpack(pack(codes, 3), 3, 77), codes)
