@@ -85,7 +85,7 @@ def _save_state_dict(model: nn.Module, path: Path) -> Path:
 # ----------------------------------------------------------------------------- float32
 
 
-def _build_float(model, _calib, _example) -> Built:
+def _build_float(model, _calib, _example, stats=None) -> Built:
     return Built(copy.deepcopy(model).eval(), 0.0)
 
 
@@ -101,7 +101,7 @@ def _torch_ao():
     return tq, quantize_fx
 
 
-def _build_ao_dynamic(model, _calib, example) -> Built:
+def _build_ao_dynamic(model, _calib, example, stats=None) -> Built:
     tq, _ = _torch_ao()
     work = copy.deepcopy(model).eval()
     with warnings.catch_warnings():
@@ -113,7 +113,7 @@ def _build_ao_dynamic(model, _calib, example) -> Built:
                              "batch size")
 
 
-def _build_ao_fx_static(model, calib, example) -> Built:
+def _build_ao_fx_static(model, calib, example, stats=None) -> Built:
     tq, quantize_fx = _torch_ao()
     if "x86" not in torch.backends.quantized.supported_engines:
         raise Unavailable(f"no x86 quantized engine in this torch build "
@@ -167,7 +167,7 @@ def _conv_or_linear(module: nn.Module, _fqn: str) -> bool:
 
 
 def _torchao_builder(make_config: Callable) -> Callable:
-    def build(model, _calib, example) -> Built:
+    def build(model, _calib, example, stats=None) -> Built:
         _, tq = _torchao()
         attempts = [("conv+linear", _conv_or_linear), ("default filter (linear only)", None)]
         errors = []
@@ -199,16 +199,17 @@ def _torchao_quantized(model: nn.Module) -> list[str]:
 
 
 def _build_fxquant_fixed(bits: int) -> Callable:
-    def build(model, calib, example) -> Built:
+    def build(model, calib, example, stats=None) -> Built:
         # Given data, the library default (QuantConfig(rounding="auto", ...)) uses it; record what it resolved to.
-        q, seconds = _timed(lambda: fxquant.quantize(model, bits, calib_loader=calib))
+        q, seconds = _timed(lambda: fxquant.quantize(model, bits, calib_loader=stats or calib))
         _smoke(q, example)
         return Built(q, seconds, config=repr(fxquant.QuantConfig(bits=bits).data_aware(True)))
     return build
 
 
-def _build_fxquant_search(model, calib, example) -> Built:
-    q, seconds = _timed(lambda: fxquant.compress(model, calib, verbose=False))
+def _build_fxquant_search(model, calib, example, stats=None) -> Built:
+    # GPTQ statistics from images the search does not score (see fxquant.compress's stats_loader).
+    q, seconds = _timed(lambda: fxquant.compress(model, calib, stats_loader=stats, verbose=False))
     _smoke(q, example)
     report = fxquant.report(q)
     search = q.meta.get("fxquant")  # the SearchResult: its config is what the search actually used

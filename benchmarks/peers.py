@@ -78,6 +78,9 @@ def accuracy(model: torch.nn.Module, loader) -> float:
 def run_rows(args, model, splits, test_loader, out_dir: Path) -> list[dict]:
     example = torch.randn(2, 3, 64, 64)
     n_layers = len(float_layers(model))
+    # fxquant's data-aware rounding takes its statistics from training images outside the
+    # calibration subset, as examples/eurosat/table1.py does (the search must not score them).
+    stats = splits.stats_loader(min(1024, len(splits.calib_idx)))
     wanted = [t for t in TOOLS if args.rows is None or t.key in args.rows]
     results: dict[str, dict] = {}
     for tool in wanted:
@@ -96,7 +99,7 @@ def run_rows(args, model, splits, test_loader, out_dir: Path) -> list[dict]:
             continue
         print(f"[{tool.key}] compressing ...", flush=True)
         try:
-            built = tool.build(model, splits.calib_loader(), example)
+            built = tool.build(model, splits.calib_loader(), example, stats=stats)
             if tool.cached_of:
                 fxquant.set_weight_cache(built.model, True)
             row.update(seconds=built.seconds, note=built.note, config=built.config,
