@@ -148,7 +148,7 @@ def sequential_quantize(gm: fx.GraphModule, widths: dict[str, int], config: Quan
                                      [{node: env[ref_nodes[node]]} for env in runners[1][1]])
             out[layer.name] = (qw, bias)
             done += 1
-            log.debug("fxquant: data-aware %s (%d/%d)", layer.name, done, len(aware))
+            log.info("fxquant: data-aware %s (%d/%d)", layer.name, done, len(aware))
         for _, envs, key in runners:
             for env in envs:
                 for value in dead_after.get(node, ()):
