@@ -113,10 +113,10 @@ def describe_quant(q: dict | None) -> str:
     parts = [q.get("granularity", "?").replace("_", "-"), q.get("scheme", "affine"),
              "min/max" if q.get("clipping") == "minmax" else f"{q.get('clipping')} clipping"]
     rounding = q.get("rounding", "nearest")
-    parts.append("GPTQ rounding (auto, calibration data given)" if rounding == "auto" else f"{rounding} rounding")
+    parts.append("GPTQ rounding (auto: data given)" if rounding == "auto" else f"{rounding} rounding")
     parts.append("bias correction" if q.get("bias_correction", False) else "no bias correction")
     if (rounding != "nearest" or q.get("bias_correction")) and q.get("calib_samples"):
-        parts.append(f"statistics from up to {q['calib_samples']} calibration images")
+        parts.append(f"statistics from up to {q['calib_samples']} images (see above)")
     return ", ".join(parts)
 
 
