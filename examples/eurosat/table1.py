@@ -29,7 +29,6 @@ import dataclasses
 import datetime
 import fnmatch
 import hashlib
-import inspect
 import json
 import os
 import platform
@@ -60,31 +59,14 @@ QUICK = {"n_test": 300, "n_calib": 200, "bits": (8, 4, 2)}
 # The issue-5 ablation: (rounding, bias_correction) on the per-channel grid.
 ABLATION = {"nearest": ("nearest", False), "bc": ("nearest", True),
             "gptq": ("gptq", False), "gptq_bc": ("gptq", True)}
-# What the quantizer did before `rounding`/`bias_correction` existed: a config
-# asking for exactly that can still be built on an older fxquant.
-_LEGACY_BEHAVIOUR = {"rounding": "nearest", "bias_correction": False}
 
 
-class Pending(Exception):
-    """The installed fxquant cannot build this row yet (the API has not landed)."""
-
-
-# ---- quantizer settings: the one place to change when the API moves ----------------
-
-def make_config(**settings) -> fxquant.QuantConfig:
-    """``QuantConfig(**settings)``, tolerating options older fxquant lacks when they ask for its behaviour."""
-    known = {f.name for f in dataclasses.fields(fxquant.QuantConfig)}
-    for name in sorted(set(settings) - known):
-        if _LEGACY_BEHAVIOUR.get(name, object()) != settings[name]:
-            raise Pending(f"QuantConfig has no {name!r} option yet")
-        del settings[name]
-    return fxquant.QuantConfig(**settings)
-
+# ---- quantizer settings ----------------------------------------------------------------
 
 def quantizer(name: str) -> fxquant.QuantConfig:
     """The table's two quantizers: the paper's (per-tensor min/max, nearest) and fxquant's default."""
     if name == "paper":
-        return make_config(granularity="per_tensor", rounding="nearest", bias_correction=False)
+        return fxquant.QuantConfig(granularity="per_tensor", rounding="nearest", bias_correction=False)
     if name == "default":
         return fxquant.QuantConfig()
     raise ValueError(f"unknown quantizer {name!r}; choose paper or default")
@@ -92,7 +74,7 @@ def quantizer(name: str) -> fxquant.QuantConfig:
 
 def ablation_config(method: str) -> fxquant.QuantConfig:
     rounding, bias_correction = ABLATION[method]
-    return make_config(granularity="per_channel", rounding=rounding, bias_correction=bias_correction)
+    return fxquant.QuantConfig(granularity="per_channel", rounding=rounding, bias_correction=bias_correction)
 
 
 def same_quantizer(a: dict, b: dict) -> bool:
@@ -100,13 +82,6 @@ def same_quantizer(a: dict, b: dict) -> bool:
     def norm(q: dict) -> dict:
         return {k: ("gptq" if k == "rounding" and v == "auto" else v) for k, v in q.items() if k != "bits"}
     return norm(a) == norm(b)
-
-
-def quantize_fixed(model, bits: int, config, calib) -> torch.fx.GraphModule:
-    """``fxquant.quantize`` with the calibration batches when this fxquant accepts them."""
-    if "calib_loader" in inspect.signature(fxquant.quantize).parameters:
-        return fxquant.quantize(model, bits, config=config, calib_loader=calib)
-    return fxquant.quantize(model, bits, config=config)
 
 
 # ---- the rows ------------------------------------------------------------------------
@@ -160,14 +135,13 @@ def compute_row(spec: RowSpec, model, calib, stats, test, verbose: bool) -> dict
     cfg = spec.quant()
     t0 = time.perf_counter()
     if spec.kind == "fixed":
-        gm = quantize_fixed(model, spec.bits, cfg, stats)
+        gm = fxquant.quantize(model, spec.bits, config=cfg, calib_loader=stats)
     else:
         gm = fxquant.compress(model, calib, stats_loader=stats, margin=spec.margin, t_init=T_INIT, quant=cfg,
                               verbose=verbose)
     wall = time.perf_counter() - t0
     row = {"quant": dataclasses.asdict(cfg), "wall_seconds": wall, **measure(gm, test)}
-    if hasattr(cfg, "data_aware"):  # what "auto" became here: calibration data are always given
-        row["quant_resolved"] = dataclasses.asdict(cfg.data_aware(True))
+    row["quant_resolved"] = dataclasses.asdict(cfg.data_aware(True))  # "auto": data are always given here
     if spec.kind == "search":
         rep = fxquant.report(gm)
         if rep.settings and "quant" in rep.settings:
@@ -346,12 +320,7 @@ def main(argv=None) -> int:
     specs = plan(quantizers, parts, bits)
     data["pending"] = {k: v for k, v in data.get("pending", {}).items() if k not in {s.key for s in specs}}
     for spec in specs:
-        try:
-            quant = None if spec.kind == "float" else dataclasses.asdict(spec.quant())
-        except Pending as e:
-            data["pending"][spec.key] = str(e)
-            print(f"  {spec.key:<32} pending: {e}", flush=True)
-            continue
+        quant = None if spec.kind == "float" else dataclasses.asdict(spec.quant())
         old = data["rows"].get(spec.key)
         redo = any(fnmatch.fnmatchcase(spec.key, pat) for pat in args.redo)
         # Copies are refreshed every run, so they follow their source when it is redone.
