@@ -130,5 +130,5 @@ def test_results_file_refuses_another_setup_and_options_the_api_lacks(tmp_path):
     with pytest.raises(SystemExit, match="n_test"):
         table1.open_results(path, "resnet18", {"n_test": 300}, {}, fresh=False)
     assert table1.open_results(path, "resnet18", {"n_test": 300}, {}, fresh=True)["rows"] == {}
-    with pytest.raises(table1.Pending):
-        table1.make_config(no_such_option=1)
+    with pytest.raises(ValueError, match="unknown quantizer"):
+        table1.quantizer("no_such_quantizer")
