@@ -251,6 +251,7 @@ def parse_args(argv):
     p.add_argument("--root", default=None, help="EuroSAT root (default ../shared/data)")
     p.add_argument("--checkpoint", type=Path, default=None, help="default: the path train.py writes")
     p.add_argument("--calib-size", type=int, default=2000)
+    p.add_argument("--bits", default=None, help="comma list of fixed widths to run (default 8..1)")
     p.add_argument("--redo", action="append", default=[], metavar="PATTERN",
                    help="recompute rows whose key matches this glob (e.g. 'default/*'); repeatable")
     p.add_argument("--fresh", action="store_true", help="discard the model's stored rows")
@@ -289,6 +290,8 @@ def main(argv=None) -> int:
     split_seed = meta.get("split_seed", 0)
     splits = eurosat_splits(args.root, seed=split_seed, calib_size=args.calib_size)
     test_idx, calib_idx, bits = splits.test_idx, splits.calib_idx, TABLE_BITS
+    if args.bits:
+        bits = tuple(int(b) for b in args.bits.split(",") if b.strip())
     if args.quick:
         gen = torch.Generator().manual_seed(split_seed)
         test_idx = test_idx[torch.randperm(test_idx.numel(), generator=gen)[:QUICK["n_test"]]].sort().values
