@@ -50,16 +50,17 @@ def main(argv=None) -> int:
     model, meta = load_trained(args.model)
     splits = eurosat_splits(seed=meta.get("split_seed", 0), calib_size=args.calib_size)
     calib = list(splits.calib_loader(batch_size=args.batch_size))
+    stats = list(splits.stats_loader(batch_size=args.batch_size))  # images the search does not score
     test = fxquant.AccuracyOracle(splits.test_loader())
     runs = {}
     for label, quant in QUANTIZERS.items():
         # The statistics step on its own, as compress runs it (same inputs, same layers).
         gm = passes.trace(model)
         resolved = quant.data_aware(True)
-        inputs = calibration_inputs(calib, resolved.calib_samples) if resolved.needs_data else None
+        inputs = calibration_inputs(stats, resolved.calib_samples) if resolved.needs_data else None
         stats_s = LayerQuantizer(gm, passes.find_layers(gm), resolved, inputs).setup_seconds
         t0 = time.perf_counter()
-        q = fxquant.compress(model, calib, quant=quant, verbose=False)
+        q = fxquant.compress(model, calib, stats_loader=stats, quant=quant, verbose=False)
         wall = time.perf_counter() - t0
         result = q.meta["fxquant"]
         with torch.no_grad():

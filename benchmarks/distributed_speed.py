@@ -52,11 +52,12 @@ def _worker(args) -> int:
         model, meta = load_trained(args.model)
         splits = eurosat_splits(seed=meta.get("split_seed", 0), calib_size=args.calib_size)
         calib = list(splits.calib_loader(batch_size=args.batch_size))
+        stats = list(splits.stats_loader(batch_size=args.batch_size))
         if dist.is_initialized():
             dist.barrier()
         t0 = time.perf_counter()
-        q = fxquant.compress(model, calib, margin=args.margin, candidates=tuple(args.candidates),
-                             verbose=args.verbose)
+        q = fxquant.compress(model, calib, stats_loader=stats, margin=args.margin,
+                             candidates=tuple(args.candidates), verbose=args.verbose)
         if dist.is_initialized():
             dist.barrier()
         wall = time.perf_counter() - t0

@@ -44,10 +44,12 @@ def main(argv=None) -> int:
     model, meta = load_trained(args.model)
     splits = eurosat_splits(seed=meta.get("split_seed", 0), calib_size=args.calib_size)
     calib = list(splits.calib_loader(batch_size=args.batch_size))
+    stats = list(splits.stats_loader(batch_size=args.batch_size))
     runs = {}
     for evaluation in ("naive", "fast"):
         t0 = time.perf_counter()
-        q = fxquant.compress(model, calib, margin=args.margin, evaluation=evaluation, verbose=True)
+        q = fxquant.compress(model, calib, stats_loader=stats, margin=args.margin, evaluation=evaluation,
+                             verbose=True)
         wall = time.perf_counter() - t0
         result = q.meta["fxquant"]
         runs[evaluation] = {"wall_s": wall, "search_s": result.seconds, "oracle_calls": result.oracle_calls,

@@ -39,8 +39,9 @@ def main(argv=None) -> int:
         parser.error("EuroSAT not found: pass --root or set FXQUANT_EUROSAT_ROOT")
     model, meta = load_trained(args.model, path=args.checkpoint)
     splits = eurosat_splits(args.root, seed=meta.get("split_seed", 0), calib_size=args.calib_size)
-    qmodel = fxquant.compress(model, splits.calib_loader(), margin=args.margin, t_init=args.t_init,
-                              importance_scale=args.importance_scale)
+    # GPTQ statistics from other training images: the search must not score the images they fit.
+    qmodel = fxquant.compress(model, splits.calib_loader(), stats_loader=splits.stats_loader(), margin=args.margin,
+                              t_init=args.t_init, importance_scale=args.importance_scale)
     report = fxquant.report(qmodel)
     print(report.to_text())
     test = fxquant.AccuracyOracle(splits.test_loader())

@@ -90,8 +90,9 @@ def main(argv=None) -> int:
         splits = eurosat_splits(args.root, seed=meta.get("split_seed", 0), calib_size=args.calib_size)
         calib = [(x.to(device), y.to(device)) for x, y in splits.calib_loader(batch_size=args.batch_size)]
         # The same model and the same full calibration list on every rank: fxquant shards it itself.
-        qmodel = fxquant.compress(model.to(device), calib, margin=args.margin, t_init=args.t_init,
-                                  candidates=tuple(args.candidates))
+        stats = [(x.to(device), y.to(device)) for x, y in splits.stats_loader(batch_size=args.batch_size)]
+        qmodel = fxquant.compress(model.to(device), calib, stats_loader=stats, margin=args.margin,
+                                  t_init=args.t_init, candidates=tuple(args.candidates))
         if main_rank:
             _outputs(args, model, qmodel, splits, device)
         if dist.is_initialized():

@@ -31,7 +31,7 @@ import os
 import sys
 from pathlib import Path
 
-from fxquant.cli_data import TEST_FRACTION, LabelledImages, accuracy, load_data
+from fxquant.cli_data import TEST_FRACTION, LabelledImages, accuracy, load_data, stats_loader
 from fxquant.cli_models import build_model, check_file, check_model_spec, load_checkpoint, load_weights
 from fxquant.cli_output import CliError, error_text, one_line_warnings, progress_logging, say
 from fxquant.cli_parser import DEFAULT_CALIB, build_parser
@@ -113,10 +113,13 @@ def _cmd_compress(args) -> int:
         raise CliError(f"--calib-size {calib_size} exceeds the {train_idx.numel()} images of the training split")
     calib_idx = calibration_indices(data.labels, train_idx, calib_size, split_seed)
     calib = data.loader(calib_idx, mean=mean, std=std, size=size, batch_size=args.batch_size)
+    stats = stats_loader(data, train_idx, calib_idx, split_seed, mean=mean, std=std, size=size,
+                         batch_size=args.batch_size)
     log.info("compressing %s: %s margin, T_init %g, %d calibration images from the training split (split "
              "seed %d; %d held out for 'fxquant eval')", spec, args.mode, args.margin, calib_size, split_seed,
              test_idx.numel())
-    qmodel = fxquant.compress(model, calib, margin=args.mode, t_init=args.margin, verbose=not args.quiet)
+    qmodel = fxquant.compress(model, calib, stats_loader=stats, margin=args.mode, t_init=args.margin,
+                              verbose=not args.quiet)
     report = fxquant.report(qmodel)
 
     metadata = {

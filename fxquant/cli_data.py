@@ -19,7 +19,7 @@ from pathlib import Path
 
 from fxquant.cli_output import CliError
 
-__all__ = ["TEST_FRACTION", "LabelledImages", "FloatBatches", "load_data", "accuracy"]
+__all__ = ["TEST_FRACTION", "LabelledImages", "FloatBatches", "load_data", "accuracy", "stats_loader"]
 
 log = logging.getLogger("fxquant.cli")
 
@@ -221,3 +221,18 @@ def accuracy(model, loader, what: str) -> tuple[float, int]:
     if seen == 0:
         raise CliError(f"{what}: no images to evaluate")
     return 100.0 * correct / seen, seen
+
+
+def stats_loader(data: "LabelledImages", train_idx, calib_idx, seed: int, *, mean, std, size=None,
+                 batch_size: int = 256, max_images: int = 1024):
+    """Batches of training images outside the calibration subset, for data-aware rounding's
+    statistics (``fxquant.compress(..., stats_loader=...)``); None when there are none left."""
+    import torch
+
+    from fxquant.datasets import calibration_indices
+
+    rest = train_idx[~torch.isin(train_idx, calib_idx)]
+    if rest.numel() == 0:
+        return None
+    idx = calibration_indices(data.labels, rest, min(max_images, int(rest.numel())), seed + 1)
+    return data.loader(idx, mean=mean, std=std, size=size, batch_size=batch_size)

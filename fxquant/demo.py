@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fxquant.cli_data import LabelledImages, accuracy, load_data
+from fxquant.cli_data import LabelledImages, accuracy, load_data, stats_loader
 from fxquant.cli_output import say
 
 __all__ = ["BANDS", "SYNTHETIC_CLASSES", "SYNTHETIC_VERSION", "DemoCNN", "DemoSizes", "DEFAULT_SIZES",
@@ -340,6 +340,7 @@ def run_demo(out: str | Path = "fxquant-demo", *, seed: int = 0, data: str | Pat
     calib_size = min(sizes.calib, train_idx.numel())
     calib_idx = calibration_indices(dataset.labels, train_idx, calib_size, seed)
     calib = dataset.loader(calib_idx, mean=mean, std=std, size=image_size, batch_size=256)
+    stats = stats_loader(dataset, train_idx, calib_idx, seed, mean=mean, std=std, size=image_size)
 
     # ---- train
     torch.manual_seed(seed)
@@ -353,7 +354,7 @@ def run_demo(out: str | Path = "fxquant-demo", *, seed: int = 0, data: str | Pat
     # ---- compress
     log.info("[3/4] compressing: adaptive bit-width search (T_init 0.5 points), %d calibration images from "
              "the training split", calib_size)
-    qmodel = fxquant.compress(model, calib, margin="adaptive", t_init=0.5, verbose=not quiet)
+    qmodel = fxquant.compress(model, calib, stats_loader=stats, margin="adaptive", t_init=0.5, verbose=not quiet)
     report = fxquant.report(qmodel)
 
     # ---- evaluate on the held-out split
