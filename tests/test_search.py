@@ -186,8 +186,9 @@ def test_filter_fn_and_keep_8bit():
 def test_progress_lines_and_silence(caplog):
     model, _, names = build("conv_zoo")
     calib = _labelled_by_model(model, torch.randn(32, 3, 12, 12, generator=torch.Generator().manual_seed(3)))
+    stats = [torch.randn(32, 3, 12, 12, generator=torch.Generator().manual_seed(4))]
     with caplog.at_level(logging.INFO, logger="fxquant"):
-        fxquant.compress(model, calib, verbose=False)
+        fxquant.compress(model, calib, stats_loader=stats, verbose=False)
         assert not [r for r in caplog.records if r.levelno >= logging.INFO]
         fxquant.compress(model, calib, verbose=True)
     lines = [r.getMessage() for r in caplog.records if r.name == "fxquant.search"]
