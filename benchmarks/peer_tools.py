@@ -214,7 +214,8 @@ def _build_fxquant_search(model, calib, example, stats=None) -> Built:
     report = fxquant.report(q)
     search = q.meta.get("fxquant")  # the SearchResult: its config is what the search actually used
     config = repr(getattr(search, "config", None) or fxquant.SearchConfig())
-    return Built(q, seconds, f"{report.average_bits:.2f} average bits (eq. 5); search on the calibration images",
+    return Built(q, seconds, f"{report.average_bits:.2f} average bits (eq. 5); search on the calibration "
+                             "images, GPTQ statistics from other training images",
                  config)
 
 
