@@ -201,7 +201,8 @@ def _torchao_quantized(model: nn.Module) -> list[str]:
 def _build_fxquant_fixed(bits: int) -> Callable:
     def build(model, calib, example, stats=None) -> Built:
         # Given data, the library default (QuantConfig(rounding="auto", ...)) uses it; record what it resolved to.
-        q, seconds = _timed(lambda: fxquant.quantize(model, bits, calib_loader=stats or calib))
+        data = calib if stats is None else stats
+        q, seconds = _timed(lambda: fxquant.quantize(model, bits, calib_loader=data))
         _smoke(q, example)
         return Built(q, seconds, config=repr(fxquant.QuantConfig(bits=bits).data_aware(True)))
     return build

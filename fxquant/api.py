@@ -125,8 +125,8 @@ def _search_config(config: SearchConfig | None, options: dict) -> SearchConfig:
 
 
 def compress(model: nn.Module, calib_loader: Iterable | None = None, *, oracle: Callable | None = None,
-             stats_loader: Iterable | None = None, config: SearchConfig | None = None, filter_fn: FilterFn | None = None,
-             keep_8bit: FilterFn | Collection[str] | None = None, leaf_modules: Iterable[str] = (),
+             stats_loader: Iterable | None = None, config: SearchConfig | None = None,
+             filter_fn: FilterFn | None = None, keep_8bit: FilterFn | Collection[str] | None = None, leaf_modules: Iterable[str] = (),
              mapping: dict[type, type] | None = None, verbose: bool = True, distributed: bool | None = None,
              **options) -> fx.GraphModule:
     """Trace, annotate, search bit-widths and rewrite ``model``; returns the compressed GraphModule.

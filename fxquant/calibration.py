@@ -69,8 +69,8 @@ def input_columns(module: nn.Module, x: torch.Tensor, max_positions: int | None 
     if x.dim() == dims + 1:  # an unbatched input
         x = x.unsqueeze(0)
     x = _padded(module, x)
-    b, c = x.shape[:2]
-    if dims == 2 and c * module.kernel_size[0] * module.kernel_size[1] <= 4096:
+    b = x.shape[0]
+    if dims == 2:
         cols = F.unfold(x, module.kernel_size, dilation=module.dilation, stride=module.stride)
     else:
         p = _patches(x, module.kernel_size, module.stride, module.dilation)  # [B, C, *out, *kernel]
@@ -120,12 +120,6 @@ class InputStats:
         """Mean input column ``[g, K]``."""
         self._check()
         return self.sum / self.count
-
-    @property
-    def second_moment(self) -> torch.Tensor:
-        """``E[x x^T]`` per group, ``[g, K, K]``."""
-        self._check()
-        return self.hessian / self.count
 
     def _check(self) -> None:
         if self.count == 0:

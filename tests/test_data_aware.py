@@ -59,7 +59,7 @@ _CONVS = [
     (nn.Conv2d(6, 8, 3, padding=1, groups=2, stride=2, dilation=2), (2, 6, 9, 9)),
     (nn.Conv2d(4, 4, 3, padding=1, groups=4, padding_mode="reflect"), (2, 4, 7, 7)),
     (nn.Conv2d(3, 5, (3, 2), padding="same", bias=False), (2, 3, 8, 6)),
-    (nn.Conv2d(80, 4, 3, padding=1, padding_mode="circular"), (1, 80, 5, 5)),  # im2col by windows
+    (nn.Conv2d(80, 4, 3, padding=1, padding_mode="circular"), (1, 80, 5, 5)),  # circular padding, many channels
     (nn.Conv1d(4, 6, 5, padding=2, stride=2, padding_mode="circular"), (3, 4, 11)),
     (nn.Conv3d(4, 6, (2, 3, 3), padding=(1, 0, 1), groups=2, dilation=(1, 2, 1)), (2, 4, 5, 8, 7)),
     (nn.Linear(7, 3), (2, 5, 7)),
