@@ -43,7 +43,7 @@ def _worker(args) -> int:
 
     import fxquant
     from examples.eurosat.common import load_trained
-    from fxquant.datasets import eurosat_splits
+    from fxquant.data.eurosat import eurosat_splits
 
     torch.set_num_threads(args.threads)
     if "RANK" in os.environ:

@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 import fxquant
-from fxquant.modules import is_quantized_module
+from fxquant.nn.modules import is_quantized_module
 
 __all__ = ["Built", "Tool", "Unavailable", "TOOLS", "float_layers"]
 

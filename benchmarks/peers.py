@@ -42,7 +42,7 @@ import fxquant  # noqa: E402
 from benchmarks.latency import interleaved_latency  # noqa: E402
 from benchmarks.peer_tools import TOOLS, Unavailable, float_layers  # noqa: E402
 from examples.eurosat.common import load_trained  # noqa: E402
-from fxquant.datasets import calibration_indices, eurosat_available, eurosat_splits  # noqa: E402
+from fxquant.data.eurosat import calibration_indices, eurosat_available, eurosat_splits  # noqa: E402
 
 MIB = 1024 * 1024
 

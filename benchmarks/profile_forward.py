@@ -2,7 +2,7 @@
 
 Run: python benchmarks/profile_forward.py [--model resnet18] [--bits 4 3] [--threads 1] [--cpu-time]
 
-"Before" is the column unpack (``fxquant.packing._unpack_columns``, the only
+"Before" is the column unpack (``fxquant.core.packing._unpack_columns``, the only
 path before the lane path and still the big-endian one), "after" is
 ``fxquant.unpack`` now; both in the same process. Sections:
 
@@ -43,8 +43,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import fxquant  # noqa: E402
 from examples.eurosat.common import build_model  # noqa: E402
 from benchmarks.bench_module_latency import CASES  # noqa: E402
-from fxquant import packing  # noqa: E402
-from fxquant.modules import is_quantized_module  # noqa: E402
+from fxquant.core import packing  # noqa: E402
+from fxquant.nn.modules import is_quantized_module  # noqa: E402
 
 
 class _ColumnUnpack:

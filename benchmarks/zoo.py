@@ -40,7 +40,7 @@ import torchvision
 from torch import nn
 
 import fxquant
-import passes
+from fxquant import passes
 
 BITS = (8, 4)
 

@@ -10,7 +10,7 @@ import inspect
 from pathlib import Path
 
 import fxquant
-import passes
+from fxquant import passes
 
 
 def _entry(module_name: str, name: str, obj) -> list[str]:

@@ -20,7 +20,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import fxquant  # noqa: E402
 from examples.eurosat.common import load_trained  # noqa: E402
-from fxquant.datasets import eurosat_available, eurosat_splits  # noqa: E402
+from fxquant.data.eurosat import eurosat_available, eurosat_splits  # noqa: E402
 
 
 def main(argv=None) -> int:

@@ -1,9 +1,9 @@
 """fxquant: mixed-precision post-training weight quantization as a torch.fx pass."""
 
 from fxquant._version import __version__
-from fxquant.attention import QuantMultiheadAttention
-from fxquant.config import QuantConfig
-from fxquant.modules import (
+from fxquant.nn.attention import QuantMultiheadAttention
+from fxquant.core.config import QuantConfig
+from fxquant.nn.modules import (
     DEFAULT_QUANT_MODULE_MAPPING,
     PackedWeight,
     QuantConv1d,
@@ -12,10 +12,16 @@ from fxquant.modules import (
     QuantLinear,
     set_weight_cache,
 )
-from fxquant.packing import pack, packed_nbytes, unpack
-from fxquant.oracle import AccuracyOracle
-from fxquant.storage import WeightStorage, state_dict_bytes, weight_storage
-from fxquant.quantizer import QuantizedWeight, dequantize, fake_quantize, quantize_weight
+from fxquant.core.packing import pack, packed_nbytes, unpack
+from fxquant.engine.oracle import AccuracyOracle
+from fxquant.nn.storage import WeightStorage, state_dict_bytes, weight_storage
+from fxquant.core.quantizer import QuantizedWeight, dequantize, fake_quantize, quantize_weight
+from fxquant.api import compress, quantizable_layers, quantize
+from fxquant.fileformat.saveload import FxqFormatError, load, save
+from fxquant.reporting.draw import draw
+from fxquant.reporting.plot import plot
+from fxquant.reporting.report import CompressionReport, report
+from fxquant.schema import SearchConfig
 
 __all__ = [
     "__version__",
@@ -51,29 +57,3 @@ __all__ = [
     "plot",
     "draw",
 ]
-
-# The API layer imports the FX passes, which import this package's numeric core;
-# loading it lazily (PEP 562) keeps `import passes` free of an import cycle.
-_LAZY = {
-    "quantize": "fxquant.api",
-    "quantizable_layers": "fxquant.api",
-    "compress": "fxquant.api",
-    "report": "fxquant.reporting",
-    "CompressionReport": "fxquant.reporting",
-    "SearchConfig": "passes.search",
-    "save": "fxquant.saveload",
-    "load": "fxquant.saveload",
-    "FxqFormatError": "fxquant.saveload",
-    "plot": "fxquant.plotting",
-    "draw": "passes.visualize",
-}
-
-
-def __getattr__(name):
-    if name in _LAZY:
-        import importlib
-
-        value = getattr(importlib.import_module(_LAZY[name]), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module 'fxquant' has no attribute {name!r}")

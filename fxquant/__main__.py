@@ -1,3 +1,3 @@
-from fxquant.cli import main
+from fxquant.cli.main import main
 
 raise SystemExit(main())

@@ -9,14 +9,15 @@ from typing import Callable, Collection, Iterable
 
 from torch import fx, nn
 
-import passes
-from fxquant.calibration import calibration_inputs
-from fxquant import distributed as fxdist
-from fxquant.config import QuantConfig
-from fxquant.modules import quant_module_for
-from fxquant.oracle import AccuracyOracle
-from passes.calibrate import sequential_quantize
-from passes.search import SearchConfig, layer_quantizer, search_bits
+from fxquant import passes
+from fxquant.core.calibration import calibration_inputs
+from fxquant.engine import distributed as fxdist
+from fxquant.core.config import QuantConfig
+from fxquant.nn.modules import quant_module_for
+from fxquant.engine.oracle import AccuracyOracle
+from fxquant.passes.calibrate import sequential_quantize
+from fxquant.passes.search import layer_quantizer, search_bits
+from fxquant.schema import SearchConfig
 
 __all__ = ["compress", "quantize", "quantizable_layers", "FilterFn"]
 
@@ -63,7 +64,7 @@ def quantize(model: nn.Module, bits: int | dict[str, int | None] = 4, *, config:
             (at most ``config.calib_samples`` samples). Without it: nearest rounding.
         filter_fn: ``filter_fn(module, layer_name) -> bool``; layers for which it
             returns False stay float.
-        leaf_modules: submodules to keep whole when tracing (see ``passes.trace``).
+        leaf_modules: submodules to keep whole when tracing (see ``fxquant.passes.trace``).
         mapping: float-module class -> quantized class (extends/replaces
             ``fxquant.DEFAULT_QUANT_MODULE_MAPPING``).
     """
@@ -141,7 +142,7 @@ def compress(model: nn.Module, calib_loader: Iterable | None = None, *, oracle: 
             images the oracle does not score: statistics from the scored images
             let the search accept widths (1 bit in late layers) whose rounding
             fits those images but does not generalise.
-        config: a :class:`~passes.search.SearchConfig`; ``**options`` override
+        config: a :class:`~fxquant.passes.search.SearchConfig`; ``**options`` override
             its fields (``margin="fixed"``, ``t_init=0.5``, ``candidates=(2, 4, 8)``,
             ``strategy="bisect"``, ``evaluation="naive"``, ``quant=QuantConfig(...)``, ...).
             By default each candidate width is quantized with GPTQ rounding and
@@ -158,7 +159,7 @@ def compress(model: nn.Module, calib_loader: Iterable | None = None, *, oracle: 
             data and gets the same result; only rank 0 logs). ``None``: whenever a
             process group is initialised (e.g. under ``torchrun``).
 
-    ``fxquant.report(result)`` gives the :class:`~fxquant.reporting.CompressionReport`.
+    ``fxquant.report(result)`` gives the :class:`~fxquant.reporting.report.CompressionReport`.
     """
     cfg = _search_config(config, options)
     comm = fxdist.resolve(distributed)

@@ -31,8 +31,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fxquant.cli_data import LabelledImages, accuracy, load_data, stats_loader
-from fxquant.cli_output import say
+from fxquant.data.images import LabelledImages, accuracy, load_data, stats_loader
+from fxquant.cli.output import say
+from fxquant.reporting.draw import draw
 
 __all__ = ["BANDS", "SYNTHETIC_CLASSES", "SYNTHETIC_VERSION", "DemoCNN", "DemoSizes", "DEFAULT_SIZES",
            "QUICK_SIZES", "synthetic_dataset", "run_demo"]
@@ -165,7 +166,7 @@ def synthetic_dataset(per_class: int = 600, size: int = 32, seed: int = 0,
                       version: int = SYNTHETIC_VERSION) -> LabelledImages:
     """The demo's SYNTHETIC 10-class, 13-band land-cover-like dataset (deterministic in its arguments).
 
-    Returns a :class:`fxquant.cli_data.LabelledImages` of ``10 * per_class`` float16 reflectance
+    Returns a :class:`fxquant.data.images.LabelledImages` of ``10 * per_class`` float16 reflectance
     images ``[N, 13, size, size]`` (labels in class order, see :data:`SYNTHETIC_CLASSES`).
     """
     if version != SYNTHETIC_VERSION:
@@ -303,9 +304,9 @@ def run_demo(out: str | Path = "fxquant-demo", *, seed: int = 0, data: str | Pat
     Returns a summary dict (accuracies, bits, sizes, paths), also stored in ``report.json``.
     """
     import fxquant
-    import passes
+    from fxquant import passes
     from fxquant.api import _ensure_progress_output
-    from fxquant.datasets import calibration_indices
+    from fxquant.data.eurosat import calibration_indices
 
     t0 = time.perf_counter()
     sizes = QUICK_SIZES if quick else DEFAULT_SIZES
@@ -398,7 +399,7 @@ def run_demo(out: str | Path = "fxquant-demo", *, seed: int = 0, data: str | Pat
     }
     report_path = out / "report.json"
     report_path.write_text(json.dumps({**report.to_dict(), "demo": summary, "metadata": metadata}, indent=1))
-    drawing = passes.draw(qmodel, out / "graph.svg",
+    drawing = draw(qmodel, out / "graph.svg",
                           title=f"DemoCNN ({dataset.kind} data): average {report.average_bits:.2f} bits")
     written = [fxq_path.name, ckpt_path.name, report_path.name, drawing.svg.name, drawing.html.name]
     plot_note = ""

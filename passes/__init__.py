@@ -1,12 +1,18 @@
-"""torch.fx passes of fxquant: trace, find layers, importance, search, rewrite, graph export and drawing."""
+"""torch.fx passes of fxquant, installed as ``fxquant.passes``.
 
-from passes.graph import to_networkx
-from passes.importance import LayerInfo, NodeAnnotation, annotate_importance, layer_infos, update_layer_infos
-from passes.layers import Layer, find_layers, layers_by_name
-from passes.rewrite import rewrite, validate_bits
-from passes.search import LayerDecision, SearchConfig, SearchResult, search_bits
-from passes.trace import FxquantTracer, TraceFailure, trace
-from passes.visualize import Drawing, draw
+Trace, find layers, annotate importance (eqs. 1-3), data-aware rounding, search
+bit-widths, rewrite to packed modules, export the graph to networkx. The result
+types they write live in :mod:`fxquant.schema`; nothing here imports the file
+format, the report, the CLI or the API.
+"""
+
+from fxquant.passes.graph import to_networkx
+from fxquant.passes.importance import annotate_importance, layer_infos, update_layer_infos
+from fxquant.passes.layers import find_layers, layers_by_name
+from fxquant.passes.rewrite import rewrite, validate_bits
+from fxquant.passes.search import search_bits
+from fxquant.passes.trace import FxquantTracer, TraceFailure, trace
+from fxquant.schema import Layer, LayerDecision, LayerInfo, NodeAnnotation, SearchConfig, SearchResult
 
 __all__ = [
     "trace",
@@ -27,6 +33,4 @@ __all__ = [
     "rewrite",
     "validate_bits",
     "to_networkx",
-    "draw",
-    "Drawing",
 ]

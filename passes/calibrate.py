@@ -26,11 +26,12 @@ import time
 import torch
 from torch import fx, nn
 
-from fxquant.calibration import InputStats, supports_input_stats
-from fxquant.config import QuantConfig
-from fxquant.gptq import GPTQFactor, gptq_factor, gptq_quantize
-from fxquant.quantizer import QuantizedWeight, quantize_weight
-from passes.layers import Layer, find_layers, weight_of
+from fxquant.core.calibration import InputStats, supports_input_stats
+from fxquant.core.config import QuantConfig
+from fxquant.core.gptq import GPTQFactor, gptq_factor, gptq_quantize
+from fxquant.core.quantizer import QuantizedWeight, quantize_weight
+from fxquant.passes.layers import find_layers, weight_of
+from fxquant.schema import Layer
 
 __all__ = ["data_aware_layers", "sequential_quantize", "LayerQuantizer"]
 
@@ -88,7 +89,7 @@ def sequential_quantize(gm: fx.GraphModule, widths: dict[str, int], config: Quan
     ``config`` must be resolved (``QuantConfig.data_aware(True)``). Afterwards each
     layer's weight holds its dequantized value and its bias the corrected one;
     returns ``{layer: (QuantizedWeight, corrected bias or None)}`` for
-    :func:`passes.rewrite.rewrite`.
+    :func:`fxquant.passes.rewrite.rewrite`.
     """
     layers = find_layers(gm) if layers is None else layers
     todo = [lay for lay in layers if lay.name in widths]
@@ -276,5 +277,5 @@ class LayerQuantizer:
             self.apply(layer, None)
 
     def chosen(self, bits: dict[str, int]) -> dict[str, tuple[QuantizedWeight, torch.Tensor | None]]:
-        """``{layer: (QuantizedWeight, bias)}`` at the given widths, for :func:`passes.rewrite.rewrite`."""
+        """``{layer: (QuantizedWeight, bias)}`` at the given widths, for :func:`fxquant.passes.rewrite.rewrite`."""
         return {name: self.quantized(self.layers[name], b) for name, b in bits.items() if name in self.layers}

@@ -7,7 +7,7 @@ from dataclasses import asdict
 import networkx as nx
 from torch import fx
 
-from passes.importance import META_KEY
+from fxquant.schema import META_KEY
 
 __all__ = ["to_networkx"]
 
@@ -17,7 +17,7 @@ def to_networkx(gm: fx.GraphModule) -> nx.DiGraph:
 
     Node attributes: ``op``, ``target`` (str), ``order`` (position in the graph),
     ``is_layer``; and for nodes computing with layers: ``layers`` (a list of
-    dicts, one per layer, with every :class:`~passes.importance.LayerInfo`
+    dicts, one per layer, with every :class:`~fxquant.passes.importance.LayerInfo`
     field), ``importance`` (max over its layers), ``params`` and ``bits``
     (parameter-weighted mean, None if undecided). Edges run producer -> consumer.
     """

@@ -14,63 +14,20 @@ from dataclasses import dataclass, replace
 import torch
 from torch import fx
 
-from fxquant.importance import importance_scores
-from passes.layers import Layer, find_layers, weight_of
+from fxquant.core.importance import importance_scores
+from fxquant.schema import META_KEY, LayerInfo, NodeAnnotation
+from fxquant.passes.layers import find_layers, weight_of
+from fxquant.schema import Layer
 
 __all__ = ["LayerInfo", "NodeAnnotation", "annotate_importance", "layer_infos", "update_layer_infos",
            "META_KEY"]
-
-META_KEY = "fxquant"
-
-
-@dataclass(frozen=True)
-class LayerInfo:
-    """One layer's statistics and, once decided, its bit-width."""
-
-    name: str
-    kind: str
-    order: int
-    shape: tuple[int, ...]
-    params: int
-    n_p: float  # eq. 1
-    variance: float
-    n_v: float  # eq. 2
-    importance: float  # eq. 3
-    bits: int | None = None  # None = not decided yet / kept in float
-    margin: float | None = None  # T_margin(l) the search used (percentage points)
-    accuracy: float | None = None  # oracle value after this layer's decision
-    candidates_tried: tuple[int, ...] = ()
-
-
-@dataclass(frozen=True)
-class NodeAnnotation:
-    """What ``node.meta["fxquant"]`` holds: the layers a graph node computes with."""
-
-    layers: tuple[LayerInfo, ...]
-
-    @property
-    def importance(self) -> float:
-        return max(info.importance for info in self.layers)
-
-    @property
-    def params(self) -> int:
-        return sum(info.params for info in self.layers)
-
-    @property
-    def bits(self) -> float | None:
-        """Parameter-weighted mean bits of the node's decided layers (None if none decided)."""
-        decided = [i for i in self.layers if i.bits is not None]
-        if not decided:
-            return None
-        return sum(i.bits * i.params for i in decided) / sum(i.params for i in decided)
-
 
 def annotate_importance(gm: fx.GraphModule, *, w_p: float = 0.5, w_v: float = 0.5,
                         layers: list[Layer] | None = None) -> list[LayerInfo]:
     """Annotate ``gm`` in place (``node.meta`` only; the graph is unchanged) with eqs. 1-3.
 
     Returns the layers' infos in execution order. ``layers`` defaults to
-    :func:`passes.layers.find_layers`.
+    :func:`fxquant.passes.layers.find_layers`.
     """
     layers = find_layers(gm) if layers is None else layers
     if not layers:

@@ -29,8 +29,9 @@ import torch
 import torch.nn.functional as F
 from torch import fx, nn
 
-from fxquant.attention import MHA_PROJECTION_PARAMS
-from fxquant.modules import is_quantized_module, quant_module_for
+from fxquant.nn.attention import MHA_PROJECTION_PARAMS
+from fxquant.nn.modules import is_quantized_module, quant_module_for
+from fxquant.schema import Layer
 
 __all__ = ["Layer", "find_layers", "layers_by_name", "weight_of"]
 
@@ -49,32 +50,6 @@ _VIEW_METHODS = {"t", "transpose", "permute", "view", "reshape", "contiguous", "
                  "flatten", "squeeze", "unsqueeze", "float", "half", "bfloat16", "expand"}
 _VIEW_FUNCTIONS = {torch.t, torch.transpose, torch.permute, torch.reshape, torch.flatten,
                    torch.squeeze, torch.unsqueeze}
-
-
-@dataclass(frozen=True)
-class Layer:
-    """Where one quantizable weight lives and which graph node computes with it."""
-
-    name: str  # stable public name
-    kind: str  # float module class ("Conv2d", "Linear", ...), "MultiheadAttention.in_proj_weight", "Parameter"
-    how: str  # "module" | "mha" | "param"
-    module_path: str  # owner module's qualified name ("" = the root)
-    attr: str  # the parameter's attribute on its owner
-    node: str  # name of the graph node that uses it
-    order: int  # execution order among layers (0 = first)
-    shape: tuple[int, ...]
-    tied: tuple[str, ...] = ()  # parameter paths of other owners sharing this weight (tying)
-
-    @property
-    def params(self) -> int:
-        n = 1
-        for s in self.shape:
-            n *= s
-        return n
-
-    @property
-    def param_path(self) -> str:
-        return f"{self.module_path}.{self.attr}" if self.module_path else self.attr
 
 
 def _owner(gm: nn.Module, path: str):

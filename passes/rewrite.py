@@ -4,7 +4,7 @@
   (``fxquant.DEFAULT_QUANT_MODULE_MAPPING``, or a user mapping); ``get_attr``
   reads of its weight become ``get_attr(module).dequantized_weight()``.
 * ``mha`` layers: the ``nn.MultiheadAttention`` becomes a
-  :class:`fxquant.attention.QuantMultiheadAttention`.
+  :class:`fxquant.nn.attention.QuantMultiheadAttention`.
 * ``param`` layers: the Parameter is replaced by a :class:`fxquant.PackedWeight`
   child under the same name, and each ``get_attr`` of it by a ``call_module``.
 
@@ -19,11 +19,13 @@ from collections import defaultdict
 import torch
 from torch import fx, nn
 
-from fxquant.attention import QuantMultiheadAttention
-from fxquant.config import QuantConfig
-from fxquant.modules import PackedWeight, quant_module_for
-from passes.importance import META_KEY, update_layer_infos
-from passes.layers import Layer, find_layers
+from fxquant.nn.attention import QuantMultiheadAttention
+from fxquant.core.config import QuantConfig
+from fxquant.nn.modules import PackedWeight, quant_module_for
+from fxquant.passes.importance import update_layer_infos
+from fxquant.schema import META_KEY
+from fxquant.passes.layers import find_layers
+from fxquant.schema import Layer
 
 __all__ = ["rewrite", "validate_bits"]
 
@@ -119,9 +121,9 @@ def rewrite(gm: fx.GraphModule, bits: dict[str, int | None], *, config: QuantCon
         config: quantizer settings (``bits`` overridden per layer); default ``QuantConfig()``.
         mapping: float-module class -> quantized class (default
             ``fxquant.DEFAULT_QUANT_MODULE_MAPPING``).
-        layers: the result of :func:`passes.layers.find_layers`, if already computed.
+        layers: the result of :func:`fxquant.passes.layers.find_layers`, if already computed.
         quantized: ``{layer: (QuantizedWeight, bias or None)}`` computed beforehand
-            (data-aware rounding, :mod:`passes.calibrate`) for ``module`` layers;
+            (data-aware rounding, :mod:`fxquant.passes.calibrate`) for ``module`` layers;
             others are quantized from their float weight under ``config``.
 
     Returns ``gm`` itself. The layers' annotations (if any) get their ``bits``.

@@ -28,91 +28,19 @@ from dataclasses import dataclass, field
 import torch
 from torch import fx
 
-from fxquant.calibration import calibration_inputs
-from fxquant.config import QuantConfig
-from fxquant.oracle import AccuracyOracle
-from passes.calibrate import LayerQuantizer
-from fxquant.distributed import Comm
-from passes.evaluate import GraphEvaluator
-from passes.importance import annotate_importance, layer_infos, update_layer_infos
-from passes.layers import Layer, find_layers
+from fxquant.core.calibration import calibration_inputs
+from fxquant.core.config import QuantConfig
+from fxquant.engine.oracle import AccuracyOracle
+from fxquant.passes.calibrate import LayerQuantizer
+from fxquant.engine.distributed import Comm
+from fxquant.engine.evaluate import GraphEvaluator
+from fxquant.passes.importance import annotate_importance, layer_infos, update_layer_infos
+from fxquant.passes.layers import find_layers
+from fxquant.schema import Layer, LayerDecision, SearchConfig, SearchResult
 
 __all__ = ["SearchConfig", "LayerDecision", "SearchResult", "search_bits"]
 
 log = logging.getLogger("fxquant.search")
-
-MARGINS = ("adaptive", "fixed")
-SCALES = ("none", "max")
-STRATEGIES = ("sequential", "bisect")
-EVALUATIONS = ("fast", "naive")
-
-
-@dataclass(frozen=True)
-class SearchConfig:
-    """Settings of the bit-width search (validated)."""
-
-    candidates: tuple[int, ...] = (1, 2, 3, 4, 5, 6, 7, 8)
-    margin: str = "adaptive"
-    t_init: float = 0.5  # percentage points (or the user oracle's units)
-    importance_scale: str = "none"
-    edge_factor: float = 0.5
-    strategy: str = "sequential"
-    evaluation: str = "fast"
-    baseline_bits: int = 8
-    w_p: float = 0.5
-    w_v: float = 0.5
-    quant: QuantConfig = field(default_factory=QuantConfig)
-    cache_mb: float = 4096  # activations kept by fast evaluation for layers searched later
-    hardest_first: bool = True  # re-batch calibration samples least-confident-first (see evaluate.py)
-
-    def __post_init__(self) -> None:
-        cands = tuple(self.candidates) if not isinstance(self.candidates, (str, bytes)) else ()
-        if not cands or any(isinstance(b, bool) or not isinstance(b, int) or not 1 <= b <= 8 for b in cands):
-            raise ValueError(f"SearchConfig.candidates must be bit-widths in 1..8, got {self.candidates!r}")
-        object.__setattr__(self, "candidates", tuple(sorted(set(cands))))
-        for label, value, allowed in (("margin", self.margin, MARGINS),
-                                      ("importance_scale", self.importance_scale, SCALES),
-                                      ("strategy", self.strategy, STRATEGIES),
-                                      ("evaluation", self.evaluation, EVALUATIONS)):
-            if value not in allowed:
-                raise ValueError(f"SearchConfig.{label} must be one of {allowed}, got {value!r}")
-        for label, value in (("t_init", self.t_init), ("edge_factor", self.edge_factor),
-                             ("w_p", self.w_p), ("w_v", self.w_v), ("cache_mb", self.cache_mb)):
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0 \
-                    or value == float("inf"):
-                raise ValueError(f"SearchConfig.{label} must be a finite number >= 0, got {value!r}")
-        if not isinstance(self.hardest_first, bool):
-            raise ValueError(f"SearchConfig.hardest_first must be True or False, got {self.hardest_first!r}")
-        if isinstance(self.baseline_bits, bool) or self.baseline_bits not in range(1, 9):
-            raise ValueError(f"SearchConfig.baseline_bits must be in 1..8, got {self.baseline_bits!r}")
-        if not isinstance(self.quant, QuantConfig):
-            raise ValueError(f"SearchConfig.quant must be a QuantConfig, got {type(self.quant).__name__}")
-
-
-@dataclass(frozen=True)
-class LayerDecision:
-    name: str
-    importance: float
-    margin: float
-    threshold: float
-    tried: tuple[tuple[int, float, bool], ...]  # (bits, oracle value, complete evaluation)
-    bits: int
-    accuracy: float  # oracle value once this layer is decided
-
-
-@dataclass(frozen=True)
-class SearchResult:
-    bits: dict[str, int]  # every quantized layer (searched and kept at 8 bits)
-    decisions: tuple[LayerDecision, ...]  # in visiting order
-    float_value: float
-    baseline_value: float
-    final_value: float
-    oracle_calls: int
-    layer_forwards: int
-    seconds: float
-    evaluation: str  # what was actually used: "fast" or "naive"
-    config: SearchConfig  # as used: ``quant.rounding`` resolved ("gptq" or "nearest")
-
 
 def layer_quantizer(gm: fx.GraphModule, layers: list[Layer], cfg: SearchConfig, oracle,
                     calib_inputs: list[torch.Tensor] | None = None) -> LayerQuantizer:
@@ -144,13 +72,13 @@ def search_bits(gm: fx.GraphModule, oracle, config: SearchConfig | None = None, 
     """Search bit-widths for ``gm``'s layers; annotates ``node.meta`` in place.
 
     The float weights (and biases) are changed while candidates are evaluated
-    and restored before returning; the graph is not changed (``passes.rewrite``
+    and restored before returning; the graph is not changed (``fxquant.passes.rewrite``
     applies the result). ``layers`` (default: all) are quantized; those named in
     ``keep_8bit`` stay at ``baseline_bits`` without being searched.
     ``quantizer`` (default: :func:`layer_quantizer`) makes each candidate; pass
     the same one to ``rewrite`` (``quantized=quantizer.chosen(result.bits)``)
     so the model built is the model measured. With ``comm``
-    (:mod:`fxquant.distributed`), every rank must call this with the same model,
+    (:mod:`fxquant.engine.distributed`), every rank must call this with the same model,
     data and settings: each scores its share of the calibration batches, all
     return the same result, and only rank 0 logs progress.
     """

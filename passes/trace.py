@@ -3,7 +3,7 @@
 Symbolic tracing fails on data-dependent control flow and some Python
 constructs. When it fails inside a submodule, :func:`trace` retries with that
 submodule kept whole as a leaf (its convs and linears are still found and
-quantized: see :mod:`passes.layers`) and logs which submodule it fell back on.
+quantized: see :mod:`fxquant.passes.layers`) and logs which submodule it fell back on.
 When the failure is in the model's own ``forward`` no fallback is possible, and
 :class:`TraceFailure` says where it failed and what to do.
 """
@@ -17,7 +17,7 @@ from typing import Iterable
 from torch import fx, nn
 from torch.nn.utils import parametrize
 
-from fxquant.modules import is_quantized_module, quant_module_for
+from fxquant.nn.modules import is_quantized_module, quant_module_for
 
 __all__ = ["FxquantTracer", "TraceFailure", "trace"]
 

@@ -18,11 +18,11 @@ from PIL import Image
 from torch import nn
 
 import fxquant
-from fxquant.cli import CliError, main
-from fxquant.datasets import EUROSAT_MEAN, EUROSAT_STD, stratified_split
+from fxquant.cli.main import CliError, main
+from fxquant.data.eurosat import EUROSAT_MEAN, EUROSAT_STD, stratified_split
 from fxquant.demo import DemoCNN
-from fxquant.reporting import CompressionReport
-from fxquant.saveload import FxqFormatError, read_header
+from fxquant.reporting.report import CompressionReport
+from fxquant.fileformat.saveload import FxqFormatError, read_header
 
 TINY_MODULE = "fxq_cli_tiny_models"
 TINY_SOURCE = '''

@@ -11,12 +11,12 @@ from hypothesis import strategies as st
 from torch import nn
 
 import fxquant
-import passes
+from fxquant import passes
 from fxquant import QuantConfig
-from fxquant.calibration import InputStats, calibration_inputs, input_columns
-from fxquant.gptq import gptq_factor, gptq_quantize
-from fxquant.quantizer import quantize_weight
-from passes.calibrate import LayerQuantizer, data_aware_layers, sequential_quantize
+from fxquant.core.calibration import InputStats, calibration_inputs, input_columns
+from fxquant.core.gptq import gptq_factor, gptq_quantize
+from fxquant.core.quantizer import quantize_weight
+from fxquant.passes.calibrate import LayerQuantizer, data_aware_layers, sequential_quantize
 from tests import strategies
 from tests.models import build
 

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from fxquant.datasets import (TensorBatches, calibration_indices, eurosat_available, eurosat_splits,
+from fxquant.data.eurosat import (TensorBatches, calibration_indices, eurosat_available, eurosat_splits,
                               stratified_split)
 
 

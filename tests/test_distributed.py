@@ -30,7 +30,7 @@ if __name__ == "__main__":  # started as a worker: make `fxquant` and `tests` im
     sys.path.insert(0, str(ROOT))
 
 import fxquant  # noqa: E402
-from fxquant.distributed import resolve, shard_indices  # noqa: E402
+from fxquant.engine.distributed import resolve, shard_indices  # noqa: E402
 from tests.models import ZOO, build  # noqa: E402
 
 SCENARIOS = {  # name: (model of tests/models.py, compress options)

@@ -3,7 +3,7 @@
 import pytest
 
 import fxquant
-from fxquant.datasets import eurosat_available, eurosat_splits
+from fxquant.data.eurosat import eurosat_available, eurosat_splits
 
 pytestmark = [pytest.mark.slow, pytest.mark.eurosat,
               pytest.mark.skipif(not eurosat_available(), reason="EuroSAT not in ../shared/data")]

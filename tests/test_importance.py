@@ -7,9 +7,9 @@ import pytest
 import torch
 from torch import nn
 
-import passes
-from fxquant.importance import average_bits, importance_scores
-from passes.importance import META_KEY, NodeAnnotation
+from fxquant import passes
+from fxquant.core.importance import average_bits, importance_scores
+from fxquant.schema import META_KEY, NodeAnnotation
 
 
 class TwoLayers(nn.Module):

@@ -8,7 +8,7 @@ from torch import nn
 
 import fxquant
 from fxquant import QuantConfig, QuantConv1d, QuantConv2d, QuantConv3d, QuantLinear, fake_quantize
-from fxquant.packing import _unpack_columns
+from fxquant.core.packing import _unpack_columns
 
 FLOAT_AND_QUANT = [
     (lambda: nn.Linear(20, 7), QuantLinear, (5, 20)),
@@ -97,7 +97,7 @@ def test_all_zero_weights():
     for fm in (nn.Linear(5, 3), nn.Conv2d(3, 4, 3)):
         nn.init.zeros_(fm.weight)
         for bits in range(1, 9):
-            q = fxquant.modules.quant_module_for(fm).from_float(fm, bits)
+            q = fxquant.nn.modules.quant_module_for(fm).from_float(fm, bits)
             assert torch.isfinite(q.weight_scale).all() and (q.weight_scale > 0).all()
             assert q.weight.abs().max() < 1e-20
 
@@ -118,7 +118,7 @@ def test_weight_cache_switch_gives_identical_outputs_and_invalidates_on_load():
 
 def test_subclass_of_linear_is_accepted():
     mha_proj = nn.modules.linear.NonDynamicallyQuantizableLinear(6, 6)
-    q = fxquant.modules.quant_module_for(mha_proj).from_float(mha_proj, 8)
+    q = fxquant.nn.modules.quant_module_for(mha_proj).from_float(mha_proj, 8)
     assert isinstance(q, QuantLinear)
 
 

@@ -6,8 +6,9 @@ import pytest
 import torch
 from hypothesis import given
 
-from fxquant import pack, packed_nbytes, packing, unpack
-from fxquant.packing import _unpack_columns, _unpack_lanes
+from fxquant import pack, packed_nbytes, unpack
+from fxquant.core import packing
+from fxquant.core.packing import _unpack_columns, _unpack_lanes
 from tests.strategies import codes_and_bits
 
 

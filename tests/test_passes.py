@@ -9,9 +9,9 @@ import torch
 from torch import fx, nn
 
 import fxquant
-import passes
+from fxquant import passes
 from fxquant import QuantConfig, fake_quantize
-from fxquant.modules import is_quantized_module
+from fxquant.nn.modules import is_quantized_module
 from tests.models import ZOO, UntraceableTop, WithUntraceableBlock, build
 
 NAMES = sorted(ZOO)

@@ -6,7 +6,7 @@ import torch
 from hypothesis import given
 
 from fxquant import QuantConfig, dequantize, quantize_weight
-from fxquant.quantizer import compute_qparams, quantize
+from fxquant.core.quantizer import compute_qparams, quantize
 from tests.strategies import bit_widths, clippings, granularities, schemes, weights
 
 REL_TOL = 1e-5  # float32 rounding in w / scale

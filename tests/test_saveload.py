@@ -14,11 +14,11 @@ import torchvision
 from torch import nn
 
 import fxquant
-import fxquant.fxqfile
-import fxquant.fxqheader
-import passes
+import fxquant.fileformat.container
+import fxquant.fileformat.header
+from fxquant import passes
 from fxquant import FxqFormatError, QuantConfig
-from fxquant.saveload import FORMAT_VERSION, MAGIC, read_header
+from fxquant.fileformat.saveload import FORMAT_VERSION, MAGIC, read_header
 from tests.models import build
 
 _PRE = struct.Struct("<8sIQ")
@@ -171,7 +171,7 @@ def test_load_does_not_modify_the_given_model(tmp_path):
     assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)
     assert target.training and all(m.training for m in target.modules())
     assert not loaded.training  # the saved model's mode
-    assert not any(fxquant.modules.is_quantized_module(m) for m in target.modules())
+    assert not any(fxquant.nn.modules.is_quantized_module(m) for m in target.modules())
 
 
 def test_training_mode_is_restored(tmp_path):
@@ -206,7 +206,7 @@ def test_loading_never_unpickles(tmp_path, monkeypatch):
     monkeypatch.setattr(torch, "load", forbidden)
     loaded = fxquant.load(tmp_path / "m.fxq", build("tiny_vit", seed=1)[0])
     assert torch.equal(loaded(x), q(x))
-    for module in (fxquant.saveload, fxquant.fxqfile, fxquant.fxqheader):  # every module on the read path
+    for module in (fxquant.fileformat.saveload, fxquant.fileformat.container, fxquant.fileformat.header):  # every module on the read path
         tree = ast.parse(inspect.getsource(module))
         imported = {alias.name for node in ast.walk(tree) if isinstance(node, (ast.Import, ast.ImportFrom))
                     for alias in node.names} | {node.module for node in ast.walk(tree)

@@ -11,9 +11,9 @@ import torchvision
 from torch import nn
 
 import fxquant
-import passes
+from fxquant import passes
 from fxquant import AccuracyOracle, QuantConfig, SearchConfig
-from passes.search import _margin
+from fxquant.passes.search import _margin
 from tests.models import ZOO, build
 
 PER_TENSOR = QuantConfig(granularity="per_tensor")

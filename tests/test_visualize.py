@@ -9,7 +9,7 @@ from html.parser import HTMLParser
 import pytest
 
 import fxquant
-import passes
+from fxquant import passes
 from tests.models import build
 
 
@@ -34,7 +34,7 @@ def test_compressed_model_picture_lists_every_layer_with_its_bits(tmp_path, layo
     model, _, names = build("conv_zoo")
     widths = dict(zip(names, [1, 2, 3, 4, 5, 8]))
     q = fxquant.quantize(model, widths)
-    drawing = passes.draw(q, tmp_path / "g.svg", layout=layout)
+    drawing = fxquant.draw(q, tmp_path / "g.svg", layout=layout)
     assert drawing.layout.startswith("graphviz" if layout == "dot" else "networkx")
     texts = _texts(drawing.svg)
     for name, bits in widths.items():
@@ -54,7 +54,7 @@ def test_annotated_but_unsearched_graph_and_multi_layer_nodes(tmp_path):
     model, _, names = build("tiny_vit")
     gm = passes.trace(model)
     passes.annotate_importance(gm)
-    drawing = passes.draw(gm, tmp_path / "vit")
+    drawing = fxquant.draw(gm, tmp_path / "vit")
     texts = _texts(drawing.svg)
     assert any("(2 layers)" in t and t.endswith("?") for t in texts)  # the MultiheadAttention node
     assert any("bits not decided yet" in t for t in texts)
@@ -64,22 +64,22 @@ def test_annotated_but_unsearched_graph_and_multi_layer_nodes(tmp_path):
 def test_collapse_false_keeps_every_node(tmp_path):
     model, _, _ = build("conv_zoo")
     q = fxquant.quantize(model, 4)
-    assert passes.draw(q, tmp_path / "all", collapse=False).nodes == len(q.graph.nodes)
+    assert fxquant.draw(q, tmp_path / "all", collapse=False).nodes == len(q.graph.nodes)
 
 
 def test_fallback_when_graphviz_is_missing(tmp_path, monkeypatch):
     monkeypatch.setattr(shutil, "which", lambda name: None)
     model, _, _ = build("called_twice")
     q = fxquant.quantize(model, 4)
-    assert passes.draw(q, tmp_path / "g").layout == "networkx (graphviz dot not installed)"
+    assert fxquant.draw(q, tmp_path / "g").layout == "networkx (graphviz dot not installed)"
     with pytest.raises(ValueError, match="graphviz"):
-        passes.draw(q, tmp_path / "g", layout="dot")
+        fxquant.draw(q, tmp_path / "g", layout="dot")
 
 
 def test_unannotated_graph_is_refused(tmp_path):
     model, _, _ = build("conv_zoo")
     with pytest.raises(ValueError, match="annotat"):
-        passes.draw(passes.trace(model), tmp_path / "g")
+        fxquant.draw(passes.trace(model), tmp_path / "g")
 
 
 def test_plot_writes_an_image(tmp_path):

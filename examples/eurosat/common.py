@@ -15,7 +15,7 @@ import torch
 import torchvision
 from torch import nn
 
-from fxquant.datasets import cache_dir
+from fxquant.data.eurosat import cache_dir
 
 __all__ = ["NUM_CLASSES", "build_model", "checkpoint_path", "load_trained"]
 

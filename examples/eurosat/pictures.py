@@ -24,7 +24,7 @@ sys.path.insert(0, str(ROOT))
 import fxquant  # noqa: E402
 import passes  # noqa: E402
 from examples.eurosat.common import load_trained  # noqa: E402
-from fxquant.datasets import eurosat_splits  # noqa: E402
+from fxquant.data.eurosat import eurosat_splits  # noqa: E402
 
 IMG = ROOT / "docs" / "img"
 
@@ -37,7 +37,7 @@ def main() -> None:
     test = fxquant.AccuracyOracle(splits.test_loader())
     sweep = {bits: test(fxquant.quantize(model, bits)) for bits in range(8, 0, -1)}
     float_acc, searched = test(model), test(qmodel)
-    drawing = passes.draw(qmodel, IMG / "resnet18_eurosat_graph")
+    drawing = fxquant.draw(qmodel, IMG / "resnet18_eurosat_graph")
     fxquant.plot(report, IMG / "resnet18_eurosat_report.png", sweep=sweep,
                  results={"adaptive search (T_init 0.5)": (report.average_bits, searched),
                           "float32": (32.0, float_acc)},
@@ -46,7 +46,7 @@ def main() -> None:
     for name, size in (("resnet50", 64), ("vit_b_16", 224)):
         gm = passes.trace(torchvision.models.get_model(name, weights=None, num_classes=10).eval())
         passes.annotate_importance(gm)
-        passes.draw(gm, IMG / f"{name}_annotated")
+        fxquant.draw(gm, IMG / f"{name}_annotated")
     summary = {"float_test_acc": float_acc, "searched_test_acc": searched, "average_bits": report.average_bits,
                "fixed_sweep_test_acc": sweep, "layout": drawing.layout}
     (IMG / "resnet18_eurosat_pictures.json").write_text(json.dumps(summary, indent=1))

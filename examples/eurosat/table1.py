@@ -47,7 +47,7 @@ import torch  # noqa: E402
 import fxquant  # noqa: E402
 from examples.eurosat import table1_report  # noqa: E402
 from examples.eurosat.common import checkpoint_path, load_trained  # noqa: E402
-from fxquant.datasets import calibration_indices, eurosat_available, eurosat_splits  # noqa: E402
+from fxquant.data.eurosat import calibration_indices, eurosat_available, eurosat_splits  # noqa: E402
 
 SCHEMA = table1_report.SCHEMA
 RESULTS_DIR = _REPO_ROOT / "docs" / "results"

@@ -5,7 +5,7 @@ Example (from the repository root)::
 
     python examples/eurosat/train.py --model resnet18 --epochs 15 --threads 1
 
-Protocol: seeded stratified 80/20 split (fxquant.datasets.stratified_split, split seed
+Protocol: seeded stratified 80/20 split (fxquant.data.eurosat.stratified_split, split seed
 ``--split-seed``), SGD (momentum 0.9, Nesterov) with weight decay 5e-4 (the paper used
 1e-6; the value used is recorded in the checkpoint), OneCycle learning-rate schedule,
 batch-level augmentation (random horizontal + vertical flips and random integer
@@ -36,7 +36,7 @@ import torch.nn.functional as F  # noqa: E402
 import torchvision  # noqa: E402
 
 from examples.eurosat.common import NUM_CLASSES, build_model, checkpoint_path  # noqa: E402
-from fxquant.datasets import (  # noqa: E402
+from fxquant.data.eurosat import (  # noqa: E402
     EUROSAT_MEAN, EUROSAT_STD, TensorBatches, eurosat_splits)
 
 PAPER_WEIGHT_DECAY = 1e-6

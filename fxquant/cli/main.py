@@ -8,9 +8,9 @@
     fxquant eval model.fxq --data PATH [--checkpoint ckpt.pt]   # top-1 on the held-out test split
     fxquant demo [--out DIR] [--data PATH] [--seed N] [--quick]
 
-Data (``--data``) is a EuroSAT root (the ``fxquant.datasets`` layout, ``<root>/eurosat/2750``)
+Data (``--data``) is a EuroSAT root (the ``fxquant.data.eurosat`` layout, ``<root>/eurosat/2750``)
 or any ImageFolder (``<root>/<class>/<image>``). Images are split 80/20 per class with a
-seeded stratified split (:func:`fxquant.datasets.stratified_split`); the calibration images
+seeded stratified split (:func:`fxquant.data.eurosat.stratified_split`); the calibration images
 of ``compress`` come only from the training part, and ``eval`` reports accuracy on the
 held-out part. ``compress`` records how to rebuild the model and its inputs (model name
 or ``module:function``, number of classes, image size, normalisation, split seed) in the
@@ -31,10 +31,11 @@ import os
 import sys
 from pathlib import Path
 
-from fxquant.cli_data import TEST_FRACTION, LabelledImages, accuracy, load_data, stats_loader
-from fxquant.cli_models import build_model, check_file, check_model_spec, load_checkpoint, load_weights
-from fxquant.cli_output import CliError, error_text, one_line_warnings, progress_logging, say
-from fxquant.cli_parser import DEFAULT_CALIB, build_parser
+from fxquant.data.images import TEST_FRACTION, LabelledImages, accuracy, load_data, stats_loader
+from fxquant.cli.models import build_model, check_file, check_model_spec, load_checkpoint, load_weights
+from fxquant.cli.output import CliError, error_text, one_line_warnings, progress_logging, say
+from fxquant.cli.parser import DEFAULT_CALIB, build_parser
+from fxquant.reporting.draw import draw
 
 __all__ = ["main", "build_parser", "CliError"]
 
@@ -71,8 +72,8 @@ def _file_line(path, file_bytes: int, report, other_bytes: int) -> str:
 
 def _cmd_compress(args) -> int:
     import fxquant
-    from fxquant.datasets import EUROSAT_MEAN, EUROSAT_STD, calibration_indices
-    from fxquant.saveload import read_header
+    from fxquant.data.eurosat import EUROSAT_MEAN, EUROSAT_STD, calibration_indices
+    from fxquant.fileformat.saveload import read_header
 
     ckpt_path = check_file(args.checkpoint, "checkpoint")
     data_root = Path(args.data).expanduser()
@@ -146,9 +147,9 @@ def _cmd_compress(args) -> int:
         report_path.write_text(json.dumps({**report.to_dict(), "metadata": metadata}, indent=1))
         say(f"wrote {report_path}")
     if graph_path:
-        import passes
+        from fxquant import passes
 
-        drawing = passes.draw(qmodel, graph_path, title=f"{spec}: average {report.average_bits:.2f} bits")
+        drawing = draw(qmodel, graph_path, title=f"{spec}: average {report.average_bits:.2f} bits")
         say(f"wrote {drawing.svg} and {drawing.html}")
     if not args.quiet:
         log.info("held-out accuracy: fxquant eval %s --data %s --checkpoint %s", out, args.data, args.checkpoint)
@@ -161,8 +162,8 @@ def _other_bytes(header: dict) -> int:
 
 
 def _cmd_inspect(args) -> int:
-    from fxquant.reporting import CompressionReport
-    from fxquant.saveload import read_header
+    from fxquant.reporting.report import CompressionReport
+    from fxquant.fileformat.saveload import read_header
 
     path = check_file(args.file, "file")
     header = read_header(path)
@@ -225,7 +226,7 @@ def _check_recorded_spec(spec: str, meta: dict, file) -> None:
 
 def _cmd_eval(args) -> int:
     import fxquant
-    from fxquant.saveload import read_header
+    from fxquant.fileformat.saveload import read_header
 
     path = check_file(args.file, "file")
     header = read_header(path)
@@ -263,7 +264,7 @@ def _cmd_eval(args) -> int:
         data = load_data(args.data, size)
         _check_classes(data, meta, args.file)
     if mean is None or std is None:
-        from fxquant.datasets import EUROSAT_MEAN, EUROSAT_STD
+        from fxquant.data.eurosat import EUROSAT_MEAN, EUROSAT_STD
 
         mean, std = mean or EUROSAT_MEAN, std or EUROSAT_STD
     if len(mean) != data.channels or len(std) != data.channels:

@@ -1,11 +1,11 @@
 """The data side of the ``fxquant`` command line: labelled images in memory, batches, accuracy.
 
-:func:`load_data` reads a EuroSAT root (:func:`fxquant.datasets.load_eurosat`)
+:func:`load_data` reads a EuroSAT root (:func:`fxquant.data.eurosat.load_eurosat`)
 or any ImageFolder (``<root>/<class>/<image>``, decoded with Pillow) into
 :class:`LabelledImages`, which splits itself with the seeded stratified split
 and yields normalised, resized batches (:class:`FloatBatches` for data that is
 not 3-channel uint8). :func:`accuracy` is top-1 over such batches. Every
-problem is a :class:`fxquant.cli_output.CliError`.
+problem is a :class:`fxquant.cli.output.CliError`.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from fxquant.cli_output import CliError
+from fxquant.cli.output import CliError
 
 __all__ = ["TEST_FRACTION", "LabelledImages", "FloatBatches", "load_data", "accuracy", "stats_loader"]
 
@@ -30,7 +30,7 @@ TEST_FRACTION = 0.2
 class FloatBatches:
     """Re-iterable normalised ``(x, y)`` batches over an in-memory float image tensor ``[N, C, H, W]``.
 
-    The counterpart of :class:`fxquant.datasets.TensorBatches` for data that is
+    The counterpart of :class:`fxquant.data.eurosat.TensorBatches` for data that is
     not 3-channel uint8 (the demo's 13-band synthetic images): ``x = (images -
     mean) / std``, resized to ``size`` if given; with ``shuffle``, pass ``k``
     uses a permutation seeded with ``seed + k``.
@@ -80,7 +80,7 @@ class _Renormalize:
     def __init__(self, mean, std, size):
         import torch
 
-        from fxquant.datasets import EUROSAT_MEAN, EUROSAT_STD
+        from fxquant.data.eurosat import EUROSAT_MEAN, EUROSAT_STD
 
         em, es = (torch.tensor(v, dtype=torch.float32).view(1, 3, 1, 1) for v in (EUROSAT_MEAN, EUROSAT_STD))
         m, s = (torch.tensor(v, dtype=torch.float32).view(1, 3, 1, 1) for v in (mean, std))
@@ -114,8 +114,8 @@ class LabelledImages:
         return int(self.images.shape[2]), int(self.images.shape[3])
 
     def split(self, seed: int, test_fraction: float = TEST_FRACTION):
-        """The seeded stratified ``(train_idx, test_idx)`` (:func:`fxquant.datasets.stratified_split`)."""
-        from fxquant.datasets import stratified_split
+        """The seeded stratified ``(train_idx, test_idx)`` (:func:`fxquant.data.eurosat.stratified_split`)."""
+        from fxquant.data.eurosat import stratified_split
 
         return stratified_split(self.labels, test_fraction, seed)
 
@@ -124,7 +124,7 @@ class LabelledImages:
         import torch
 
         if self.images.dtype == torch.uint8 and self.channels == 3:
-            from fxquant.datasets import TensorBatches
+            from fxquant.data.eurosat import TensorBatches
 
             size = None if size is None or tuple(size) == self.native_size else tuple(size)
             return TensorBatches(self.images, self.labels, indices, batch_size=batch_size, shuffle=shuffle,
@@ -184,14 +184,14 @@ def _decode_folder(root: Path, image_size: tuple[int, int] | None):
 
 
 def load_data(path: str | os.PathLike, image_size: tuple[int, int] | None = None) -> LabelledImages:
-    """A EuroSAT root (decoded with :func:`fxquant.datasets.load_eurosat`, cached) or any ImageFolder."""
+    """A EuroSAT root (decoded with :func:`fxquant.data.eurosat.load_eurosat`, cached) or any ImageFolder."""
     root = Path(path).expanduser()
     if not root.exists():
         raise CliError(f"no data at {path}")
     if not root.is_dir():
         raise CliError(f"--data {path} is not a folder (expected a EuroSAT root or an ImageFolder)")
     if _eurosat_folder(root):
-        from fxquant.datasets import cache_dir, load_eurosat
+        from fxquant.data.eurosat import cache_dir, load_eurosat
 
         log.info("reading EuroSAT from %s (decoded images cached in %s)", root, cache_dir())
         arrays = load_eurosat(root)
@@ -229,7 +229,7 @@ def stats_loader(data: "LabelledImages", train_idx, calib_idx, seed: int, *, mea
     statistics (``fxquant.compress(..., stats_loader=...)``); None when there are none left."""
     import torch
 
-    from fxquant.datasets import calibration_indices
+    from fxquant.data.eurosat import calibration_indices
 
     rest = train_idx[~torch.isin(train_idx, calib_idx)]
     if rest.numel() == 0:

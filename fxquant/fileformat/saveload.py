@@ -10,8 +10,8 @@ loaded model equals that of the saved one). ``load(path, model)`` re-runs
 weights are irrelevant) and fills every tensor from the file: the result
 computes bit-identical outputs.
 
-The file layout, versioning and integrity checks are :mod:`fxquant.fxqfile`;
-the header's content is :mod:`fxquant.fxqheader`. This module ties them to
+The file layout, versioning and integrity checks are :mod:`fxquant.fileformat.container`;
+the header's content is :mod:`fxquant.fileformat.header`. This module ties them to
 models: it checks what it saves, and that the model given to ``load`` is the
 saved architecture (:class:`FxqFormatError` naming the problem otherwise). The
 full specification is in ``docs/file_format.md``.
@@ -29,10 +29,10 @@ import warnings
 import torch
 from torch import fx, nn
 
-import passes
+from fxquant import passes
 from fxquant.api import quantize
-from fxquant.attention import QuantMultiheadAttention
-from fxquant.fxqfile import (
+from fxquant.nn.attention import QuantMultiheadAttention
+from fxquant.fileformat.container import (
     DTYPE_NAMES,
     DTYPES,
     FORMAT_VERSION,
@@ -44,7 +44,7 @@ from fxquant.fxqfile import (
     unpack_tensors,
     write_container,
 )
-from fxquant.fxqheader import (
+from fxquant.fileformat.header import (
     SavedModel,
     build_header,
     check_metadata,
@@ -52,9 +52,9 @@ from fxquant.fxqheader import (
     parse_header_at,
     quant_modules,
 )
-from fxquant.modules import is_quantized_module
-from passes.importance import LayerInfo
-from passes.search import SearchResult
+from fxquant.nn.modules import is_quantized_module
+from fxquant.schema import LayerInfo
+from fxquant.schema import SearchResult
 
 __all__ = ["save", "load", "read_header", "FxqFormatError", "MAGIC", "FORMAT_VERSION", "DTYPES"]
 

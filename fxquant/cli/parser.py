@@ -2,7 +2,7 @@
 
 Usage errors are one line on stderr with exit code 2; option values are checked
 by their ``type=`` (sizes, positive integers, margins). The commands themselves
-are in :mod:`fxquant.cli`.
+are in :mod:`fxquant.cli.main`.
 """
 
 from __future__ import annotations

@@ -18,7 +18,7 @@ class QuantConfig:
 
     Attributes:
         bits: code width, 1..8. At 1 bit every scheme becomes the binary code
-            ``{-a, +a}`` per channel (see :mod:`fxquant.quantizer`).
+            ``{-a, +a}`` per channel (see :mod:`fxquant.core.quantizer`).
         granularity: ``"per_channel"`` (one scale and zero point per output
             channel, dim 0 of the weight) or ``"per_tensor"``.
         scheme: ``"affine"`` (integer zero point: 0.0 is exactly representable,

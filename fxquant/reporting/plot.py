@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Mapping
 
-from fxquant.reporting import CompressionReport
+from fxquant.reporting.report import CompressionReport
 
 __all__ = ["plot"]
 

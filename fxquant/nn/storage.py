@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from fxquant.modules import is_quantized_module
+from fxquant.nn.modules import is_quantized_module
 
 __all__ = ["WeightStorage", "weight_storage", "state_dict_bytes"]
 

@@ -6,7 +6,7 @@ fingerprint (module signatures and the graph's code), the per-layer
 annotations, the search summary and the report. :func:`parse_header` checks
 the type and range of every field of a header read back and returns a
 :class:`SavedModel`. The byte container around the header is
-:mod:`fxquant.fxqfile`.
+:mod:`fxquant.fileformat.container`.
 """
 
 from __future__ import annotations
@@ -20,13 +20,13 @@ import torch
 from torch import fx, nn
 
 from fxquant._version import __version__
-from fxquant.attention import QuantMultiheadAttention
-from fxquant.config import QuantConfig
-from fxquant.fxqfile import FORMAT_VERSION, KINDS, FxqFormatError, check_fields, check_tensors
-from fxquant.modules import is_quantized_module
-from fxquant.reporting import report
-from passes.importance import LayerInfo
-from passes.search import LayerDecision, SearchConfig, SearchResult
+from fxquant.nn.attention import QuantMultiheadAttention
+from fxquant.core.config import QuantConfig
+from fxquant.fileformat.container import FORMAT_VERSION, KINDS, FxqFormatError, check_fields, check_tensors
+from fxquant.nn.modules import is_quantized_module
+from fxquant.reporting.report import report
+from fxquant.schema import LayerInfo
+from fxquant.schema import LayerDecision, SearchConfig, SearchResult
 
 __all__ = ["build_header", "check_metadata", "quant_modules", "module_signatures", "SavedModel", "parse_header",
            "parse_header_at"]
@@ -101,7 +101,7 @@ def check_metadata(metadata) -> dict | None:
 
 def build_header(qmodel: fx.GraphModule, infos: list[LayerInfo], bits: dict, search: SearchResult | None,
                  metadata: dict | None, tensors: list[dict], data: dict) -> dict:
-    """The JSON header of ``qmodel``; ``tensors`` and ``data`` come from :func:`fxquant.fxqfile.pack_tensors`."""
+    """The JSON header of ``qmodel``; ``tensors`` and ``data`` come from :func:`fxquant.fileformat.container.pack_tensors`."""
     return {
         "format": "fxquant",
         "format_version": FORMAT_VERSION,
@@ -201,7 +201,7 @@ def _search_from(d: dict) -> SearchResult:
 
 
 def parse_header(header: dict) -> SavedModel:
-    """Check every field of a header read by :func:`fxquant.fxqfile.read_container`; raises FxqFormatError."""
+    """Check every field of a header read by :func:`fxquant.fileformat.container.read_container`; raises FxqFormatError."""
     top = check_fields(header, {"format": "str", "format_version": "int", "fxquant_version": "str",
                                 "torch_version": "str", "model": "dict", "bits": "dict", "quant_config": "dict",
                                 "layer_infos": "list", "search": "?dict", "tensors": "list", "data": "dict"},

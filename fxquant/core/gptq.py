@@ -2,14 +2,14 @@
 
 Nearest rounding minimises each weight's own error. What matters is the layer's
 output error ``||(W - Q) X||^2 = sum_rows (w - q) H (w - q)^T`` with
-``H = X X^T`` over the calibration inputs (:mod:`fxquant.calibration`). GPTQ
+``H = X X^T`` over the calibration inputs (:mod:`fxquant.core.calibration`). GPTQ
 rounds one input column at a time and spreads that column's rounding error over
 the columns not yet rounded, optimally for ``H`` (the Optimal Brain Surgeon
 update, with the inverse Hessian's Cholesky factor so no inverse is updated).
 
 Here the grid (scale and zero point per output channel or per tensor) is fixed
 first from the float weight exactly as nearest rounding would choose it
-(:func:`fxquant.quantizer.compute_qparams`), so the codes, grid and packed format
+(:func:`fxquant.core.quantizer.compute_qparams`), so the codes, grid and packed format
 are those of any other fxquant layer; only which level each weight takes changes.
 Columns are visited in descending ``diag(H)`` ("act-order"), which the static
 grid allows at no cost. Grouped and depthwise convolutions are handled as a
@@ -25,8 +25,8 @@ from dataclasses import dataclass
 
 import torch
 
-from fxquant.config import QuantConfig
-from fxquant.quantizer import QuantizedWeight, compute_qparams, quantize_weight
+from fxquant.core.config import QuantConfig
+from fxquant.core.quantizer import QuantizedWeight, compute_qparams, quantize_weight
 
 __all__ = ["gptq_quantize", "gptq_factor", "GPTQFactor"]
 
@@ -96,8 +96,8 @@ def gptq_quantize(weight: torch.Tensor, hessian: torch.Tensor | GPTQFactor, conf
         name: the layer, named in errors.
         groups: the convolution's groups; output channels ``g*C_out/groups ...`` read group ``g``.
 
-    Returns the same :class:`~fxquant.quantizer.QuantizedWeight` layout as
-    :func:`~fxquant.quantizer.quantize_weight` (same grid); a layer whose
+    Returns the same :class:`~fxquant.core.quantizer.QuantizedWeight` layout as
+    :func:`~fxquant.core.quantizer.quantize_weight` (same grid); a layer whose
     statistics are empty or not finite falls back to nearest rounding.
     """
     scale, zero_point = compute_qparams(weight, config, name)  # validates the weight

@@ -5,7 +5,7 @@
 :func:`check_model_spec` rejects a bad name early, with suggestions.
 :func:`load_checkpoint` reads float weights with ``torch.load(weights_only=True)``
 and :func:`load_weights` loads them, explaining in one line why they do not fit.
-Every problem is a :class:`fxquant.cli_output.CliError`.
+Every problem is a :class:`fxquant.cli.output.CliError`.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import os
 import sys
 from pathlib import Path
 
-from fxquant.cli_output import CliError, one_line
+from fxquant.cli.output import CliError, one_line
 
 __all__ = ["check_model_spec", "build_model", "check_file", "load_checkpoint", "load_weights"]
 
@@ -106,7 +106,7 @@ def build_model(spec: str, num_classes: int, model_kwargs: dict | None = None):
 
 
 def _is_fxq(path: Path) -> bool:
-    from fxquant.fxqfile import MAGIC
+    from fxquant.fileformat.container import MAGIC
 
     try:
         with open(path, "rb") as f:

@@ -8,9 +8,9 @@ from pathlib import Path
 
 from torch import fx
 
-import passes
-from fxquant.importance import average_bits
-from fxquant.storage import weight_storage
+from fxquant import passes
+from fxquant.core.importance import average_bits
+from fxquant.nn.storage import weight_storage
 
 __all__ = ["LayerReport", "CompressionReport", "report", "FLOAT_BITS"]
 

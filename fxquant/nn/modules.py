@@ -25,9 +25,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fxquant.config import QuantConfig
-from fxquant.packing import pack, packed_nbytes, unpack
-from fxquant.quantizer import QuantizedWeight, dequantize, quantize_weight
+from fxquant.core.config import QuantConfig
+from fxquant.core.packing import pack, packed_nbytes, unpack
+from fxquant.core.quantizer import QuantizedWeight, dequantize, quantize_weight
 
 __all__ = [
     "QuantLinear",

@@ -14,12 +14,12 @@ Two ways, giving bit-for-bit the same accuracies:
   the remaining samples could no longer lift the accuracy to the threshold
   (the accept/reject decision is then certain; the accuracy is not needed).
 
-Fast evaluation needs the default :class:`~fxquant.oracle.AccuracyOracle`
+Fast evaluation needs the default :class:`~fxquant.engine.oracle.AccuracyOracle`
 (a user oracle is a black box over the whole model), a single-input graph, and
 no value written in place before another node reads it (measured once on the
 first batch, see :func:`measure_mutations`); otherwise the naive way is used.
 
-Over several processes (``comm``, see :mod:`fxquant.distributed`) every rank
+Over several processes (``comm``, see :mod:`fxquant.engine.distributed`) every rank
 holds all calibration batches and scores its round-robin share of them; counts
 are summed over the ranks after every step, so all ranks stop at the same step
 and take the same decisions. Hardest-first ordering is global: each rank
@@ -39,9 +39,9 @@ import logging
 import torch
 from torch import fx
 
-from fxquant.distributed import Comm
-from fxquant.oracle import AccuracyOracle, check_oracle_value
-from passes.layers import Layer
+from fxquant.engine.distributed import Comm
+from fxquant.engine.oracle import AccuracyOracle, check_oracle_value
+from fxquant.schema import Layer
 
 __all__ = ["GraphEvaluator", "fast_path_blocker"]
 

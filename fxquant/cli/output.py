@@ -5,7 +5,7 @@ exception into the one line ``main`` prints after ``fxquant: error:``;
 :func:`progress_logging` routes the ``fxquant`` loggers to stderr for one
 command and :func:`one_line_warnings` shows Python warnings as
 ``fxquant: warning: ...`` lines. Results (stdout) are printed by
-:mod:`fxquant.cli` itself.
+:mod:`fxquant.cli.main` itself.
 """
 
 from __future__ import annotations

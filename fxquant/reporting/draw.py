@@ -28,7 +28,7 @@ from pathlib import Path
 import networkx as nx
 from torch import fx
 
-from passes.graph import to_networkx
+from fxquant.passes.graph import to_networkx
 
 __all__ = ["draw", "Drawing", "BIT_COLORS", "collapsed_graph"]
 

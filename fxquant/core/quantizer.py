@@ -24,7 +24,7 @@ from dataclasses import dataclass
 
 import torch
 
-from fxquant.config import QuantConfig
+from fxquant.core.config import QuantConfig
 
 __all__ = [
     "QuantizedWeight",

@@ -4,7 +4,7 @@
 (``in_proj_weight``, or ``q/k/v_proj_weight`` when the key/value sizes differ)
 and reads them in its own ``forward``; in a ViT they hold about a quarter of all
 weights. :class:`QuantMultiheadAttention` replaces each quantized parameter by a
-:class:`~fxquant.modules.PackedWeight` child (``<param>_packed``) and serves the
+:class:`~fxquant.nn.modules.PackedWeight` child (``<param>_packed``) and serves the
 dequantized tensor under the original attribute name, so the unchanged
 ``nn.MultiheadAttention.forward`` (fast path included) runs on it. The output
 projection is an ``nn.Linear`` child and is quantized as an ordinary layer.
@@ -14,8 +14,8 @@ from __future__ import annotations
 
 from torch import nn
 
-from fxquant.config import QuantConfig
-from fxquant.modules import PackedWeight
+from fxquant.core.config import QuantConfig
+from fxquant.nn.modules import PackedWeight
 
 __all__ = ["QuantMultiheadAttention", "MHA_PROJECTION_PARAMS"]
 

@@ -5,7 +5,7 @@ out as a tensor table and a data section, :func:`write_container` writes a
 header and that data atomically, :func:`read_container` reads a file back with
 every integrity check, and :func:`unpack_tensors` turns the data section into
 tensors. What the header says about the model (and how ``fxquant.load``
-rebuilds it) is :mod:`fxquant.fxqheader` and :mod:`fxquant.saveload`.
+rebuilds it) is :mod:`fxquant.fileformat.header` and :mod:`fxquant.fileformat.saveload`.
 
 File layout, format version 1 (integers little-endian)::
 

@@ -1,0 +1,1 @@
+"""The ``fxquant`` command line: ``compress``, ``inspect``, ``eval``, ``demo``."""

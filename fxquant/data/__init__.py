@@ -1,0 +1,1 @@
+"""Data: EuroSAT loading and splits, labelled image folders, batch iteration."""

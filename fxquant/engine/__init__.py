@@ -1,0 +1,1 @@
+"""Execution engine the search runs on: the accuracy oracle, graph evaluation with caching, process groups."""

@@ -1,0 +1,1 @@
+"""The ``.fxq`` file: container (layout, checksums), header (what it records), save/load."""

@@ -1,0 +1,1 @@
+"""Quantized ``nn`` modules holding bit-packed integer weights, and their storage accounting."""

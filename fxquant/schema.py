@@ -1,0 +1,160 @@
+"""Result types of the fxquant passes: plain frozen dataclasses, no behaviour.
+
+The passes write them (``find_layers`` returns :class:`Layer`; the importance pass
+puts one :class:`NodeAnnotation` of :class:`LayerInfo` under ``node.meta[META_KEY]``;
+the search returns a :class:`SearchResult`); the file format and the report read
+them. Keeping them here lets those higher layers read results without importing
+any pass, and lets the passes depend on nothing above the numeric core.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from fxquant.core.config import QuantConfig
+
+__all__ = ["META_KEY", "Layer", "LayerInfo", "NodeAnnotation", "SearchConfig", "LayerDecision",
+           "SearchResult", "MARGINS", "SCALES", "STRATEGIES", "EVALUATIONS"]
+
+@dataclass(frozen=True)
+class Layer:
+    """Where one quantizable weight lives and which graph node computes with it."""
+
+    name: str  # stable public name
+    kind: str  # float module class ("Conv2d", "Linear", ...), "MultiheadAttention.in_proj_weight", "Parameter"
+    how: str  # "module" | "mha" | "param"
+    module_path: str  # owner module's qualified name ("" = the root)
+    attr: str  # the parameter's attribute on its owner
+    node: str  # name of the graph node that uses it
+    order: int  # execution order among layers (0 = first)
+    shape: tuple[int, ...]
+    tied: tuple[str, ...] = ()  # parameter paths of other owners sharing this weight (tying)
+
+    @property
+    def params(self) -> int:
+        n = 1
+        for s in self.shape:
+            n *= s
+        return n
+
+    @property
+    def param_path(self) -> str:
+        return f"{self.module_path}.{self.attr}" if self.module_path else self.attr
+
+
+META_KEY = "fxquant"
+
+
+@dataclass(frozen=True)
+class LayerInfo:
+    """One layer's statistics and, once decided, its bit-width."""
+
+    name: str
+    kind: str
+    order: int
+    shape: tuple[int, ...]
+    params: int
+    n_p: float  # eq. 1
+    variance: float
+    n_v: float  # eq. 2
+    importance: float  # eq. 3
+    bits: int | None = None  # None = not decided yet / kept in float
+    margin: float | None = None  # T_margin(l) the search used (percentage points)
+    accuracy: float | None = None  # oracle value after this layer's decision
+    candidates_tried: tuple[int, ...] = ()
+
+
+@dataclass(frozen=True)
+class NodeAnnotation:
+    """What ``node.meta["fxquant"]`` holds: the layers a graph node computes with."""
+
+    layers: tuple[LayerInfo, ...]
+
+    @property
+    def importance(self) -> float:
+        return max(info.importance for info in self.layers)
+
+    @property
+    def params(self) -> int:
+        return sum(info.params for info in self.layers)
+
+    @property
+    def bits(self) -> float | None:
+        """Parameter-weighted mean bits of the node's decided layers (None if none decided)."""
+        decided = [i for i in self.layers if i.bits is not None]
+        if not decided:
+            return None
+        return sum(i.bits * i.params for i in decided) / sum(i.params for i in decided)
+
+
+MARGINS = ("adaptive", "fixed")
+SCALES = ("none", "max")
+STRATEGIES = ("sequential", "bisect")
+EVALUATIONS = ("fast", "naive")
+
+
+@dataclass(frozen=True)
+class SearchConfig:
+    """Settings of the bit-width search (validated)."""
+
+    candidates: tuple[int, ...] = (1, 2, 3, 4, 5, 6, 7, 8)
+    margin: str = "adaptive"
+    t_init: float = 0.5  # percentage points (or the user oracle's units)
+    importance_scale: str = "none"
+    edge_factor: float = 0.5
+    strategy: str = "sequential"
+    evaluation: str = "fast"
+    baseline_bits: int = 8
+    w_p: float = 0.5
+    w_v: float = 0.5
+    quant: QuantConfig = field(default_factory=QuantConfig)
+    cache_mb: float = 4096  # activations kept by fast evaluation for layers searched later
+    hardest_first: bool = True  # re-batch calibration samples least-confident-first (see evaluate.py)
+
+    def __post_init__(self) -> None:
+        cands = tuple(self.candidates) if not isinstance(self.candidates, (str, bytes)) else ()
+        if not cands or any(isinstance(b, bool) or not isinstance(b, int) or not 1 <= b <= 8 for b in cands):
+            raise ValueError(f"SearchConfig.candidates must be bit-widths in 1..8, got {self.candidates!r}")
+        object.__setattr__(self, "candidates", tuple(sorted(set(cands))))
+        for label, value, allowed in (("margin", self.margin, MARGINS),
+                                      ("importance_scale", self.importance_scale, SCALES),
+                                      ("strategy", self.strategy, STRATEGIES),
+                                      ("evaluation", self.evaluation, EVALUATIONS)):
+            if value not in allowed:
+                raise ValueError(f"SearchConfig.{label} must be one of {allowed}, got {value!r}")
+        for label, value in (("t_init", self.t_init), ("edge_factor", self.edge_factor),
+                             ("w_p", self.w_p), ("w_v", self.w_v), ("cache_mb", self.cache_mb)):
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0 \
+                    or value == float("inf"):
+                raise ValueError(f"SearchConfig.{label} must be a finite number >= 0, got {value!r}")
+        if not isinstance(self.hardest_first, bool):
+            raise ValueError(f"SearchConfig.hardest_first must be True or False, got {self.hardest_first!r}")
+        if isinstance(self.baseline_bits, bool) or self.baseline_bits not in range(1, 9):
+            raise ValueError(f"SearchConfig.baseline_bits must be in 1..8, got {self.baseline_bits!r}")
+        if not isinstance(self.quant, QuantConfig):
+            raise ValueError(f"SearchConfig.quant must be a QuantConfig, got {type(self.quant).__name__}")
+
+
+@dataclass(frozen=True)
+class LayerDecision:
+    name: str
+    importance: float
+    margin: float
+    threshold: float
+    tried: tuple[tuple[int, float, bool], ...]  # (bits, oracle value, complete evaluation)
+    bits: int
+    accuracy: float  # oracle value once this layer is decided
+
+
+@dataclass(frozen=True)
+class SearchResult:
+    bits: dict[str, int]  # every quantized layer (searched and kept at 8 bits)
+    decisions: tuple[LayerDecision, ...]  # in visiting order
+    float_value: float
+    baseline_value: float
+    final_value: float
+    oracle_calls: int
+    layer_forwards: int
+    seconds: float
+    evaluation: str  # what was actually used: "fast" or "naive"
+    config: SearchConfig  # as used: ``quant.rounding`` resolved ("gptq" or "nearest")
