@@ -174,13 +174,13 @@ def test_load_does_not_modify_the_given_model(tmp_path):
     assert not any(fxquant.nn.modules.is_quantized_module(m) for m in target.modules())
 
 
-def test_training_mode_is_restored(tmp_path):
+def test_loaded_model_is_always_in_eval_mode(tmp_path):
     torch.manual_seed(0)
     q = fxquant.quantize(torchvision.models.resnet18(num_classes=10).eval(), 4)
     q.train()
     q.layer1.eval()
     loaded, _ = _round_trip(q, tmp_path, torchvision.models.resnet18(num_classes=10).eval())
-    assert [(n, m.training) for n, m in loaded.named_modules()] == [(n, m.training) for n, m in q.named_modules()]
+    assert not any(m.training for m in loaded.modules())  # a file never puts BatchNorm in train mode
 
 
 def test_read_header_needs_no_model(tmp_path):

@@ -33,7 +33,8 @@ from pathlib import Path
 
 from fxquant.data.images import TEST_FRACTION, LabelledImages, accuracy, load_data, stats_loader
 from fxquant.cli.models import build_model, check_file, check_model_spec, load_checkpoint, load_weights
-from fxquant.cli.output import CliError, error_text, one_line_warnings, progress_logging, say
+from fxquant.cli.output import CliError, error_text, one_line, one_line_warnings, progress_logging, say
+from fxquant.cli.recorded import check_model_size, check_recorded, recorded_builder
 from fxquant.cli.parser import DEFAULT_CALIB, build_parser
 from fxquant.reporting.draw import draw
 
@@ -161,13 +162,32 @@ def _other_bytes(header: dict) -> int:
     return sum(t["nbytes"] for t in header["tensors"] if not any(k.endswith(_QUANT_SUFFIXES) for k in t["keys"]))
 
 
-def _cmd_inspect(args) -> int:
+def _report_of(header: dict, file):
+    """The header's report, or an FxqFormatError: a crafted ``report`` must not raise a raw KeyError."""
+    from fxquant.fileformat.container import FxqFormatError
     from fxquant.reporting.report import CompressionReport
+
+    try:
+        report = CompressionReport.from_dict(header["report"])
+        text = report.to_text()
+        report.to_dict()
+    except Exception as e:  # noqa: BLE001 - any malformed report is a format error
+        raise FxqFormatError(f"{file}: malformed header: header.report is unusable ({type(e).__name__}: {e})",
+                             "header") from e
+    return report, text
+
+
+def _shown(value, limit: int = 60) -> str:
+    """A metadata value for display: one bounded line, whatever its type."""
+    return one_line(str(value), limit)
+
+
+def _cmd_inspect(args) -> int:
     from fxquant.fileformat.saveload import read_header
 
     path = check_file(args.file, "file")
     header = read_header(path)
-    report = CompressionReport.from_dict(header["report"])
+    report, text = _report_of(header, args.file)
     meta = header.get("metadata") or {}
     file_bytes = path.stat().st_size
     other = _other_bytes(header)
@@ -181,16 +201,17 @@ def _cmd_inspect(args) -> int:
                          "metadata": meta, "sizes": sizes, "report": report.to_dict()}, indent=1))
         return 0
     say(f"{path}: fxquant file format {header['format_version']}, written by fxquant "
-         f"{header['fxquant_version']} with torch {header['torch_version']}")
+         f"{_shown(header['fxquant_version'])} with torch {_shown(header['torch_version'])}")
     if meta.get("model"):
-        size = "x".join(str(s) for s in meta.get("image_size") or []) or "?"
-        say(f"model: {meta['model']} ({meta.get('num_classes', '?')} classes, input "
-             f"{meta.get('in_channels', '?')}x{size}), from {meta.get('created_by', '?')} on "
-             f"{meta.get('data_kind', '?')} data, split seed {meta.get('split_seed', '?')}")
+        size = meta.get("image_size")
+        size = "x".join(_shown(s, 8) for s in size) if isinstance(size, list) and size else "?"
+        say(f"model: {_shown(meta['model'], 200)} ({_shown(meta.get('num_classes', '?'))} classes, input "
+             f"{_shown(meta.get('in_channels', '?'))}x{_shown(size)}), from {_shown(meta.get('created_by', '?'))} "
+             f"on {_shown(meta.get('data_kind', '?'))} data, split seed {_shown(meta.get('split_seed', '?'))}")
     else:
-        say(f"model: {header['model']['class']} (no model spec recorded: 'fxquant eval' needs --model)")
+        say(f"model: {_shown(header['model']['class'])} (no model spec recorded: 'fxquant eval' needs --model)")
     say()
-    say(report.to_text())
+    say(text)
     say()
     say(f"sizes: file {file_bytes:,} B ({_mib(file_bytes)}) = packed weights {report.packed_bytes:,} B + "
          f"scales/zero points {report.grid_bytes:,} B + other tensors {other:,} B + header "
@@ -205,23 +226,42 @@ def _check_classes(data: LabelledImages, meta: dict, file) -> None:
     recorded = meta.get("classes")
     if isinstance(recorded, list) and recorded and list(data.classes) != recorded:
         raise CliError(f"the data's classes ({', '.join(data.classes[:4])}, ...) differ from those {file} was "
-                       f"compressed with ({', '.join(map(str, recorded[:4]))}, ...)")
+                       f"compressed with ({', '.join(_shown(c, 30) for c in recorded[:4])}, ...)")
 
 
 def _bounded_scalars(values: dict, limit: int = 4096) -> bool:
-    """JSON values a file may pass to a factory: small numbers and booleans only."""
+    """JSON values a file may pass to a factory the user named: small numbers and booleans only."""
     return all(isinstance(v, bool) or (isinstance(v, (int, float)) and abs(v) <= limit)
                for v in values.values())
 
 
-def _check_recorded_spec(spec: str, meta: dict, file) -> None:
-    """A .fxq may come from anyone: never import code it names, nor pass it arbitrary arguments."""
-    if ":" in spec and not spec.startswith("fxquant."):
-        raise CliError(f"{file} was compressed from the custom architecture {spec!r}; fxquant does not import "
-                       f"code named inside a file: pass --model {spec} yourself if you trust it")
-    kwargs = meta.get("model_kwargs") or {}
-    if not isinstance(kwargs, dict) or not _bounded_scalars(kwargs):
-        raise CliError(f"{file} records unusable model arguments {kwargs!r}; pass --model to rebuild it")
+def _eval_model(args, header: dict, meta: dict):
+    """``(spec, build)`` for eval: a recorded spec only through the allow-list, sizes checked on ``meta``."""
+    spec = args.model or meta.get("model")
+    if not spec:
+        raise CliError(f"{args.file} records no model spec (not written by 'fxquant compress' or 'fxquant demo'); "
+                       "pass --model NAME|MODULE:FUNCTION and --num-classes N")
+    if args.model is None:
+        builder = recorded_builder(spec, args.file)  # nothing is imported for a spec outside the table
+    else:
+        check_model_spec(spec)
+        builder = None
+    rec = check_recorded(meta, args.file, builder)
+    num_classes = args.num_classes or rec["num_classes"] or 10
+    model_kwargs = rec["model_kwargs"] if spec == meta.get("model") else {}
+    if builder is None and not _bounded_scalars(model_kwargs):
+        raise CliError(f"{args.file} records unusable model arguments; pass --model to rebuild it")
+
+    def build():
+        if builder is None:
+            return build_model(spec, num_classes, model_kwargs)
+        try:
+            return builder.build(num_classes, model_kwargs).eval()
+        except Exception as e:  # noqa: BLE001 - reported as one line
+            raise CliError(f"cannot build {spec}(num_classes={num_classes}): {type(e).__name__}: {e}") from e
+
+    check_model_size(build, header, args.file, spec)
+    return spec, num_classes, build, rec
 
 
 def _cmd_eval(args) -> int:
@@ -231,35 +271,28 @@ def _cmd_eval(args) -> int:
     path = check_file(args.file, "file")
     header = read_header(path)
     meta = header.get("metadata") or {}
-    spec = args.model or meta.get("model")
-    if not spec:
-        raise CliError(f"{args.file} records no model spec (not written by 'fxquant compress' or 'fxquant demo'); "
-                       "pass --model NAME|MODULE:FUNCTION and --num-classes N")
-    check_model_spec(spec)
-    if args.model is None:
-        _check_recorded_spec(spec, meta, args.file)
-    num_classes = args.num_classes or meta.get("num_classes") or 10
-    model_kwargs = (meta.get("model_kwargs") or {}) if spec == meta.get("model") else {}
+    spec, num_classes, build, rec = _eval_model(args, header, meta)
     if args.checkpoint is not None:
         check_file(args.checkpoint, "checkpoint")
     if args.data is None and meta.get("data_kind") != "synthetic":
         raise CliError("--data PATH is required (the data the model was compressed on)")
     if args.data is not None and not Path(args.data).expanduser().exists():
         raise CliError(f"no data at {args.data}")
-    size = tuple(args.image_size or meta.get("image_size") or ()) or None
-    mean = args.mean or meta.get("mean")
-    std = args.std or meta.get("std")
-    split_seed = args.split_seed if args.split_seed is not None else int(meta.get("split_seed", 0))
-    test_fraction = float(meta.get("test_fraction", TEST_FRACTION))
+    size = tuple(args.image_size or rec["image_size"] or ()) or None
+    mean = args.mean or rec["mean"]
+    std = args.std or rec["std"]
+    split_seed = args.split_seed if args.split_seed is not None else rec["split_seed"]
+    test_fraction = rec["test_fraction"]
 
     if args.data is None:
         from fxquant.demo import synthetic_dataset
 
-        synthetic = meta.get("synthetic")
-        if not isinstance(synthetic, dict) or not set(synthetic) <= {"per_class", "size", "seed", "version"} \
-                or not _bounded_scalars(synthetic):
+        if rec["synthetic"] is None:
             raise CliError(f"{args.file} records no usable synthetic-data parameters; pass --data PATH")
-        data = synthetic_dataset(**synthetic)
+        try:
+            data = synthetic_dataset(**rec["synthetic"])
+        except ValueError as e:
+            raise CliError(f"{args.file}: {e}; pass --data PATH") from e
     else:
         data = load_data(args.data, size)
         _check_classes(data, meta, args.file)
@@ -274,7 +307,7 @@ def _cmd_eval(args) -> int:
         raise CliError("the held-out test split is empty (too few images per class)")
     test = data.loader(test_idx, mean=mean, std=std, size=size, batch_size=args.batch_size)
 
-    qmodel = fxquant.load(path, build_model(spec, num_classes, model_kwargs))
+    qmodel = fxquant.load(path, build())
     log.info("%s; held-out test split: %d images (%d%%, stratified, split seed %d)", data.describe(),
              test_idx.numel(), round(100 * test_fraction), split_seed)
     q_acc, n = accuracy(qmodel, test, "compressed")
@@ -283,7 +316,7 @@ def _cmd_eval(args) -> int:
     say(f"compressed {args.file}: top-1 {q_acc:.2f}% ({avg:.2f} average bits)")
     if args.checkpoint is not None:
         state, _ = load_checkpoint(args.checkpoint)
-        float_model = build_model(spec, num_classes, model_kwargs)
+        float_model = build()
         load_weights(float_model, state, args.checkpoint, spec, num_classes)
         f_acc, _ = accuracy(float_model, test, "float")
         say(f"float {args.checkpoint}: top-1 {f_acc:.2f}%  (compressed - float: {q_acc - f_acc:+.2f} points)")

@@ -48,9 +48,9 @@ import torch
 
 from fxquant._version import __version__
 
-__all__ = ["FxqFormatError", "MAGIC", "FORMAT_VERSION", "DTYPES", "DTYPE_NAMES", "KINDS", "check_fields",
-           "tensor_identity", "pack_tensors", "write_container", "read_container", "check_tensors",
-           "unpack_tensors"]
+__all__ = ["FxqFormatError", "MAGIC", "FORMAT_VERSION", "DTYPES", "DTYPE_NAMES", "KINDS", "MAX_MESSAGE",
+           "MAX_INT", "bounded", "check_fields", "tensor_identity", "pack_tensors", "write_container",
+           "read_container", "check_tensors", "check_finite", "unpack_tensors"]
 
 MAGIC = b"FXQUANT\0"
 FORMAT_VERSION = 1
@@ -69,7 +69,19 @@ DTYPES: dict[str, torch.dtype] = {
 DTYPE_NAMES = {dtype: name for name, dtype in DTYPES.items()}
 _PREAMBLE = struct.Struct("<8sIQ")  # magic, format version, header length
 _DIGEST = 32  # sha256
+_MAX_DIMS = 16
 _ALIGN = 8
+MAX_MESSAGE = 500  # characters of an error message: a crafted field must not make a 300 KB message
+MAX_INT = 2**63 - 1  # JSON integers beyond int64 are refused (no field needs them; 10**400 overflows floats)
+
+
+def bounded(text: str, limit: int = MAX_MESSAGE) -> str:
+    """``text`` cut to at most ``limit`` characters (marked with an ellipsis and the original length)."""
+    text = str(text)
+    if len(text) <= limit:
+        return text
+    tail = f"... [{len(text):,} characters]"
+    return text[:max(0, limit - len(tail))] + tail
 
 
 class FxqFormatError(ValueError):
@@ -83,7 +95,7 @@ class FxqFormatError(ValueError):
     """
 
     def __init__(self, message: str, reason: str = "header"):
-        super().__init__(message)
+        super().__init__(bounded(message))
         self.reason = reason
 
 
@@ -174,8 +186,42 @@ def _foreign_hint(start: bytes) -> str:
     return ""
 
 
-def read_container(path) -> tuple[dict, bytearray]:
-    """The checksummed header (parsed JSON object) and the data section of an fxquant file."""
+def _unique_keys(pairs: list) -> dict:
+    """``object_pairs_hook`` refusing a key given twice (``json`` would keep the last one silently)."""
+    out = {}
+    for key, value in pairs:
+        if key in out:
+            raise FxqFormatError(f"malformed header: the JSON key {key!r} appears twice in one object", "header")
+        out[key] = value
+    return out
+
+
+def _bounded_int(text: str) -> int:
+    value = int(text) if len(text) <= 20 else MAX_INT + 1  # never convert thousands of digits
+    if abs(value) > MAX_INT:
+        raise FxqFormatError(f"malformed header: the JSON integer {text[:20]}... ({len(text)} digits) is "
+                             "outside the int64 range", "header")
+    return value
+
+
+def parse_json(head: bytes, where: str):
+    """The header's JSON value: duplicate keys, integers beyond int64 and floats beyond float64 refused."""
+    try:
+        return json.loads(head.decode("utf-8"), object_pairs_hook=_unique_keys, parse_int=_bounded_int)
+    except FxqFormatError as e:
+        raise FxqFormatError(f"{where}: {e}", e.reason) from None
+    except (UnicodeDecodeError, ValueError, RecursionError) as e:
+        raise FxqFormatError(f"{where}: the header is not valid UTF-8 JSON: {e}", "header") from None
+
+
+def read_container(path, *, with_data: bool = True) -> tuple[dict, bytearray | None]:
+    """The checksummed header (parsed JSON object) and the data section of an fxquant file.
+
+    With ``with_data=False`` only the preamble and header are read and checked
+    (the header has its own sha256; the data section's length is checked
+    against the file size, its bytes and checksum are not read): the data is
+    then ``None``.
+    """
     where = os.fspath(path)
     with open(path, "rb") as f:
         size = os.fstat(f.fileno()).st_size
@@ -201,10 +247,7 @@ def read_container(path) -> tuple[dict, bytearray]:
         digest = f.read(_DIGEST)
         if hashlib.sha256(pre + head).digest() != digest:
             raise FxqFormatError(f"{where}: header checksum mismatch: the file is corrupted", "checksum")
-        try:
-            header = json.loads(head.decode("utf-8"))
-        except (UnicodeDecodeError, ValueError, RecursionError) as e:
-            raise FxqFormatError(f"{where}: the header is not valid UTF-8 JSON: {e}", "header") from None
+        header = parse_json(head, where)
         if not isinstance(header, dict):
             raise FxqFormatError(f"{where}: the header is a JSON {type(header).__name__}, not an object",
                                  "header")
@@ -222,6 +265,8 @@ def read_container(path) -> tuple[dict, bytearray]:
         if size > need + nbytes:
             raise FxqFormatError(f"{where}: {size - need - nbytes} unexpected bytes after the data section "
                                  "(corrupted or concatenated file)", "checksum")
+        if not with_data:
+            return header, None
         data = bytearray(nbytes)
         if f.readinto(data) != nbytes:
             raise FxqFormatError(f"{where}: truncated while reading the data section", "truncated")
@@ -273,6 +318,8 @@ def check_tensors(entries: list, data_nbytes: int) -> list[dict]:
         label = f"tensor {t['keys'][0]!r}" if t["keys"] else f"header.tensors[{i}]"
         if not t["keys"]:
             raise FxqFormatError(f"malformed header: {label} names no state_dict key", "header")
+        if len(set(t["keys"])) != len(t["keys"]):
+            raise FxqFormatError(f"malformed header: {label} lists a state_dict key twice", "header")
         dup = next((k for k in t["keys"] if k in seen), None)
         if dup is not None:
             raise FxqFormatError(f"malformed header: state_dict key {dup!r} is stored twice", "header")
@@ -280,8 +327,9 @@ def check_tensors(entries: list, data_nbytes: int) -> list[dict]:
         if t["dtype"] not in DTYPES:
             raise FxqFormatError(f"malformed header: {label} has dtype {t['dtype']!r}, not one of "
                                  f"{sorted(DTYPES)}", "header")
-        if any(s < 0 for s in t["shape"]):
-            raise FxqFormatError(f"malformed header: {label} has a negative dimension {t['shape']}", "header")
+        if any(s < 0 for s in t["shape"]) or len(t["shape"]) > _MAX_DIMS:
+            raise FxqFormatError(f"malformed header: {label} has a negative dimension or more than {_MAX_DIMS} "
+                                 f"dimensions: {t['shape']}", "header")
         numel = 1
         for s in t["shape"]:
             numel *= s
@@ -293,7 +341,25 @@ def check_tensors(entries: list, data_nbytes: int) -> list[dict]:
             raise FxqFormatError(f"malformed header: {label} at offset {t['offset']} (+{t['nbytes']} bytes) "
                                  f"is misaligned or outside the {data_nbytes}-byte data section", "header")
         out.append(t)
+    # Two entries over the same bytes would make one tensor an alias of another the writer never tied.
+    spans = sorted((t["offset"], t["offset"] + t["nbytes"], t["keys"][0]) for t in out if t["nbytes"])
+    for (_, end, first), (start, _, second) in zip(spans, spans[1:]):
+        if start < end:
+            raise FxqFormatError(f"malformed header: the bytes of tensors {first!r} and {second!r} overlap in "
+                                 "the data section", "header")
     return out
+
+
+def check_finite(values: dict[str, torch.Tensor]) -> None:
+    """Refuse NaN/inf in any floating tensor and negative norm variances: the writer never stores them."""
+    for key, tensor in values.items():
+        if tensor.is_floating_point() and tensor.numel() and not bool(torch.isfinite(tensor).all()):
+            raise FxqFormatError(f"malformed data: tensor {key!r} holds NaN or infinite values (fxquant.save "
+                                 "never writes them)", "header")
+        if key.endswith("running_var") and tensor.numel() and bool((tensor < 0).any()):
+            raise FxqFormatError(f"malformed data: tensor {key!r} holds a negative variance", "header")
+        if key.endswith("weight_scale") and tensor.numel() and bool((tensor <= 0).any()):
+            raise FxqFormatError(f"malformed data: tensor {key!r} holds a scale <= 0", "header")
 
 
 def unpack_tensors(table: list[dict], data: bytearray) -> dict[str, torch.Tensor]:

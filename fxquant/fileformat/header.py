@@ -161,7 +161,7 @@ def _quant_config_from(d: dict) -> QuantConfig:
     known = {f.name for f in dataclasses.fields(QuantConfig)}
     try:
         return QuantConfig(**{k: v for k, v in d.items() if k in known})
-    except (TypeError, ValueError) as e:
+    except (TypeError, ValueError, OverflowError) as e:
         raise FxqFormatError(f"malformed header: invalid quantizer settings: {e}", "header") from None
 
 
@@ -192,7 +192,7 @@ def _search_from(d: dict) -> SearchResult:
         cfg["candidates"] = tuple(cfg["candidates"])
     try:
         config = SearchConfig(**cfg)
-    except (TypeError, ValueError) as e:
+    except (TypeError, ValueError, OverflowError) as e:
         raise FxqFormatError(f"malformed header: invalid search settings: {e}", "header") from None
     return SearchResult(bits=dict(s["bits"]), decisions=tuple(decisions), float_value=s["float_value"],
                         baseline_value=s["baseline_value"], final_value=s["final_value"],
@@ -239,8 +239,14 @@ def parse_header(header: dict) -> SavedModel:
 
 
 def parse_header_at(header: dict, path) -> SavedModel:
-    """:func:`parse_header`, with ``path`` at the start of any error message."""
+    """:func:`parse_header`, with ``path`` at the start of any error message.
+
+    Whatever a crafted header holds, the only exception is :class:`FxqFormatError`.
+    """
     try:
         return parse_header(header)
     except FxqFormatError as e:
         raise FxqFormatError(f"{os.fspath(path)}: {e}", e.reason) from None
+    except (KeyError, IndexError, AttributeError, TypeError, ValueError, OverflowError, RecursionError) as e:
+        # A combination of fields the checks above did not foresee: still a malformed header.
+        raise FxqFormatError(f"{os.fspath(path)}: malformed header: {type(e).__name__}: {e}", "header") from e

@@ -38,6 +38,7 @@ from fxquant.fileformat.container import (
     FORMAT_VERSION,
     MAGIC,
     FxqFormatError,
+    check_finite,
     pack_tensors,
     read_container,
     tensor_identity,
@@ -113,8 +114,12 @@ def save(qmodel: fx.GraphModule, path: str | os.PathLike, *, metadata: dict | No
 
 
 def read_header(path: str | os.PathLike) -> dict:
-    """The verified JSON header of an fxquant file (versions, bits, report, metadata, tensor table); needs no model."""
-    header, _ = read_container(path)
+    """The verified JSON header of an fxquant file (versions, bits, report, metadata, tensor table); needs no model.
+
+    Reads and checks the preamble and the header only (its own sha256 and every
+    field); the data section is not read, so its checksum is checked by :func:`load`.
+    """
+    header, _ = read_container(path, with_data=False)
     parse_header_at(header, path)
     return header
 
@@ -137,8 +142,8 @@ def _owner_of(key: str, layer_names) -> str:
     return f"layer {best!r}" if best else f"module {key.rpartition('.')[0] or '<root>'!r}"
 
 
-def _working_copy(model: nn.Module, training: bool) -> nn.Module:
-    """``model``, or a copy in the saved mode (tracing may depend on it) with finite weights.
+def _working_copy(model: nn.Module, training: bool = False) -> nn.Module:
+    """``model``, or a copy in eval mode (tracing may depend on the mode) with finite weights.
 
     The weights are overwritten from the file, but ``fxquant.quantize`` refuses
     NaN/inf: non-finite tensors (e.g. from ``torch.empty``) get finite stand-ins.
@@ -157,7 +162,7 @@ def _working_copy(model: nn.Module, training: bool) -> nn.Module:
 
 
 def _rebuild(saved: SavedModel, model: nn.Module, mapping) -> fx.GraphModule:
-    work = _working_copy(model, "" in saved.training)
+    work = _working_copy(model)  # always eval: see load()
     try:
         names = passes.find_layers(passes.trace(work, leaf_modules=saved.leaf_modules))
     except Exception as e:  # noqa: BLE001 - any tracing failure means the model does not fit the file
@@ -241,6 +246,7 @@ def _fill_state(saved: SavedModel, gm: fx.GraphModule, model: nn.Module, data: b
                 raise _mismatch(saved, model, f"tensors {a!r} and {b!r} are tied in one of the file and the "
                                               "model but not in the other")
     values = unpack_tensors(saved.tensors, data)
+    check_finite(values)
     try:
         gm.load_state_dict(values, strict=True)
     except Exception as e:  # noqa: BLE001 - checked above; anything left is reported, not raised raw
@@ -286,13 +292,17 @@ def load(path: str | os.PathLike, model: nn.Module, *,
             replaced by the file's. It is not modified.
         mapping: the ``mapping=`` given to ``fxquant.quantize``/``compress``, if any.
 
-    The result computes bit-identical outputs to the saved model, has its
-    training/eval modes, and ``fxquant.report(result)`` equals the saved report.
+    The result computes bit-identical outputs to the saved model (in eval
+    mode) and ``fxquant.report(result)`` equals the saved report. It is always
+    in eval mode, whatever the header's ``model.training`` says: a file must not
+    make BatchNorm update its statistics on every inference (call ``.train()``
+    yourself to fine-tune).
 
     Raises:
         FxqFormatError: the file is truncated, corrupted, not an fxquant file,
-            written in a newer format version, or ``model`` is not the saved
-            architecture; the message names the problem (and the layer).
+            written in a newer format version, crafted (duplicate JSON keys,
+            overlapping tensors, NaN/inf values, ...), or ``model`` is not the
+            saved architecture; the message names the problem (and the layer).
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"fxquant.load: model must be an nn.Module, got {type(model).__name__}")
@@ -313,6 +323,4 @@ def load(path: str | os.PathLike, model: nn.Module, *,
         gm.meta["fxquant"] = saved.search
     else:
         gm.meta.pop("fxquant", None)
-    for name, module in gm.named_modules():
-        module.training = name in saved.training
-    return gm
+    return gm.eval()
