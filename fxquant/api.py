@@ -7,10 +7,11 @@ import dataclasses
 import logging
 from typing import Callable, Collection, Iterable
 
+import torch
 from torch import fx, nn
 
 from fxquant import passes
-from fxquant.core.calibration import calibration_inputs
+from fxquant.core.calibration import calibration_inputs, check_inputs
 from fxquant.engine import distributed as fxdist
 from fxquant.core.config import QuantConfig
 from fxquant.nn.modules import quant_module_for
@@ -28,6 +29,37 @@ log = logging.getLogger("fxquant.api")
 
 def _owner_module(gm: fx.GraphModule, layer: passes.Layer) -> nn.Module:
     return gm.get_submodule(layer.module_path) if layer.module_path else gm
+
+
+_STAT_SUFFIXES = ("running_mean", "running_var")
+
+
+def check_model(model, who: str) -> torch.dtype | None:
+    """Refuse a model fxquant cannot quantize, naming the tensor at fault; returns its float dtype.
+
+    Not an ``nn.Module``: TypeError. Tensors on the ``meta`` device (no values),
+    NaN anywhere, or inf in a parameter or a norm statistic: ValueError (a NaN
+    running variance would otherwise give a NaN bias or a singular GPTQ matrix).
+    Buffers such as attention masks may hold ±inf.
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"{who}: model must be an nn.Module, got {type(model).__name__}")
+    dtype = None
+    named = [(n, t, True) for n, t in model.named_parameters()] + \
+            [(n, t, n.endswith(_STAT_SUFFIXES)) for n, t in model.named_buffers()]
+    for name, tensor, must_be_finite in named:
+        if tensor.device.type == "meta":
+            raise ValueError(f"{who}: model tensor {name!r} is on the meta device (it holds no values); "
+                             "materialise the model and load its weights first (model.to_empty(device='cpu') "
+                             "then load_state_dict)")
+        if not tensor.is_floating_point() or not tensor.numel():
+            continue
+        dtype = dtype or (tensor.dtype if must_be_finite else None)
+        bad = torch.isnan(tensor).any() if not must_be_finite else ~torch.isfinite(tensor).all()
+        if bool(bad):
+            raise ValueError(f"{who}: model tensor {name!r} holds NaN or infinite values; fix or retrain the "
+                             "model first (its outputs would be NaN)")
+    return dtype
 
 
 def select_layers(gm: fx.GraphModule, layers: list[passes.Layer], filter_fn: FilterFn | None):
@@ -62,12 +94,17 @@ def quantize(model: nn.Module, bits: int | dict[str, int | None] = 4, *, config:
             "auto", bias_correction=True)``), layers are quantized in execution
             order with GPTQ rounding and bias correction measured on these inputs
             (at most ``config.calib_samples`` samples). Without it: nearest rounding.
+            Calibration always runs in eval mode (as in :func:`compress`): BatchNorm
+            uses its running statistics and does not update them, dropout is off.
+            A model given in training mode is logged as such; the result keeps
+            the given model's train/eval modes.
         filter_fn: ``filter_fn(module, layer_name) -> bool``; layers for which it
             returns False stay float.
         leaf_modules: submodules to keep whole when tracing (see ``fxquant.passes.trace``).
         mapping: float-module class -> quantized class (extends/replaces
             ``fxquant.DEFAULT_QUANT_MODULE_MAPPING``).
     """
+    dtype = check_model(model, "fxquant.quantize")
     gm = passes.trace(model, leaf_modules=leaf_modules)
     layers = passes.find_layers(gm)
     passes.annotate_importance(gm, layers=layers)
@@ -88,8 +125,28 @@ def quantize(model: nn.Module, bits: int | dict[str, int | None] = 4, *, config:
     given = None
     if cfg.needs_data:
         inputs = calibration_inputs(calib_loader, cfg.calib_samples)
-        given = sequential_quantize(gm, widths, cfg, inputs, layers=layers)
+        check_inputs(inputs, "calib_loader", dtype)
+        given = _in_eval_mode(gm, lambda: sequential_quantize(gm, widths, cfg, inputs, layers=layers))
     return passes.rewrite(gm, widths, config=cfg, mapping=mapping, layers=layers, quantized=given)
+
+
+def _in_eval_mode(gm: fx.GraphModule, run: Callable):
+    """``run()`` with every submodule of ``gm`` in eval mode, their modes restored afterwards.
+
+    Calibrating in training mode would update BatchNorm's running statistics
+    on the calibration batches (and normalise with batch statistics), so the
+    returned model would drift from the caller's.
+    """
+    modes = {name: m.training for name, m in gm.named_modules()}
+    if any(modes.values()):
+        log.warning("fxquant.quantize: the model is in training mode; calibration runs in eval mode "
+                    "(BatchNorm keeps its running statistics) and the result keeps the training mode")
+    gm.eval()
+    try:
+        return run()
+    finally:
+        for name, module in gm.named_modules():
+            module.training = modes.get(name, False)
 
 
 def _check_mapping(gm: fx.GraphModule, layers: list[passes.Layer], mapping) -> None:
@@ -161,10 +218,12 @@ def compress(model: nn.Module, calib_loader: Iterable | None = None, *, oracle: 
 
     ``fxquant.report(result)`` gives the :class:`~fxquant.reporting.report.CompressionReport`.
     """
+    dtype = check_model(model, "fxquant.compress")
     cfg = _search_config(config, options)
     comm = fxdist.resolve(distributed)
     if oracle is None:
         oracle = AccuracyOracle(calib_loader)
+        check_inputs([x for x, _ in oracle.batches], "calib_loader", dtype)
     elif not callable(oracle):
         raise ValueError(f"oracle must be callable(model) -> float, got {type(oracle).__name__}")
     if verbose and (comm is None or comm.is_main):  # the other ranks keep the application's logging
@@ -190,8 +249,10 @@ def compress(model: nn.Module, calib_loader: Iterable | None = None, *, oracle: 
     calib_inputs = None
     if stats_loader is not None:
         calib_inputs = calibration_inputs(stats_loader, cfg.quant.calib_samples, "stats_loader")
+        check_inputs(calib_inputs, "stats_loader", dtype)
     elif calib_loader is not None and not isinstance(oracle, AccuracyOracle):
         calib_inputs = calibration_inputs(calib_loader, cfg.quant.calib_samples)
+        check_inputs(calib_inputs, "calib_loader", dtype)
     quantizer = layer_quantizer(gm, chosen, cfg, oracle, calib_inputs)
     if quantizer.config.rounding == "gptq" and stats_loader is None and isinstance(oracle, AccuracyOracle):
         log.warning("fxquant: GPTQ statistics come from the images the search scores; pass stats_loader= "

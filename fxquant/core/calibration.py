@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["InputStats", "input_columns", "supports_input_stats", "calibration_inputs"]
+__all__ = ["InputStats", "input_columns", "supports_input_stats", "calibration_inputs", "check_inputs"]
 
 _CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 
@@ -130,6 +130,9 @@ class InputStats:
 def calibration_inputs(batches, max_samples: int, name: str = "calib_loader") -> list[torch.Tensor]:
     """The model inputs of ``batches`` (``(inputs, targets)`` pairs or bare tensors), at most
     ``max_samples`` samples (the last batch is cut). Raises ValueError when there are none."""
+    if isinstance(batches, torch.Tensor):
+        raise TypeError(f"{name} is a single tensor; pass an iterable of batches, e.g. [inputs] or a DataLoader "
+                        "(iterating a tensor would give one sample at a time)")
     out, seen = [], 0
     try:
         for i, batch in enumerate(batches):
@@ -148,3 +151,30 @@ def calibration_inputs(batches, max_samples: int, name: str = "calib_loader") ->
     if not out:
         raise ValueError(f"{name} yielded no batches")
     return out
+
+
+def _shape(x: torch.Tensor) -> str:
+    dims = list(x.shape)
+    return str(tuple(dims)) if len(dims) <= 8 else f"({', '.join(map(str, dims[:8]))}, ...) ({len(dims)} dims)"
+
+
+def check_inputs(inputs: list[torch.Tensor], name: str = "calib_loader", dtype: torch.dtype | None = None) -> None:
+    """Refuse input batches the model cannot run, naming ``name`` and the batch index.
+
+    Inputs must be floating point (of ``dtype``, the model's, when given) and
+    every batch must have batch 0's number of dimensions and channels (dim 1);
+    other sizes may vary.
+    """
+    first = inputs[0]
+    for i, x in enumerate(inputs):
+        if not x.is_floating_point():
+            raise TypeError(f"{name} batch {i}: inputs are {x.dtype}; the model needs float inputs (e.g. "
+                            "images.float() / 255, then normalised as in training)")
+        if dtype is not None and x.dtype != dtype:
+            raise TypeError(f"{name} batch {i}: inputs are {x.dtype} but the model's weights are {dtype}; "
+                            f"convert them with .to({dtype})")
+        if x.device.type == "meta":
+            raise ValueError(f"{name} batch {i}: inputs are on the meta device (they hold no values)")
+        if x.dim() != first.dim() or (x.dim() > 1 and x.shape[1] != first.shape[1]):
+            raise ValueError(f"{name} batch {i}: inputs of shape {_shape(x)}, but batch 0 has {_shape(first)}: "
+                             "every batch needs the same number of dimensions and channels")

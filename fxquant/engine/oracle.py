@@ -16,6 +16,8 @@ from typing import Callable, Iterable
 import torch
 from torch import nn
 
+from fxquant.core.calibration import check_inputs
+
 __all__ = ["AccuracyOracle", "Oracle", "check_oracle_value"]
 
 Oracle = Callable[[nn.Module], float]
@@ -41,7 +43,7 @@ def _as_batch(item, index: int) -> tuple[torch.Tensor, torch.Tensor]:
     if not isinstance(x, torch.Tensor) or not isinstance(y, torch.Tensor):
         raise ValueError(f"calib_loader batch {index}: inputs and targets must be tensors, "
                          f"got ({type(x).__name__}, {type(y).__name__})")
-    if y.is_floating_point() or y.dim() != 1:
+    if y.is_floating_point() or y.is_complex() or y.dtype == torch.bool or y.dim() != 1:
         raise ValueError(f"calib_loader batch {index}: targets must be a 1-D integer class-index "
                          f"tensor, got dtype {y.dtype} and shape {tuple(y.shape)}")
     if x.dim() == 0 or x.shape[0] != y.shape[0]:
@@ -60,6 +62,9 @@ class AccuracyOracle:
     def __init__(self, calib_loader: Iterable):
         if calib_loader is None:
             raise ValueError("calib_loader is required for the default accuracy oracle")
+        if isinstance(calib_loader, torch.Tensor):
+            raise TypeError("calib_loader is a single tensor; pass an iterable of (inputs, targets) batches, "
+                            "e.g. [(inputs, targets)] or a DataLoader")
         try:
             items = iter(calib_loader)
         except TypeError as e:
@@ -69,6 +74,7 @@ class AccuracyOracle:
         self.batches = [(x, y) for x, y in self.batches if y.numel()]
         if not self.batches:
             raise ValueError("calib_loader is empty: the accuracy oracle needs at least one sample")
+        check_inputs([x for x, _ in self.batches], "calib_loader")
         self.total = sum(int(y.numel()) for _, y in self.batches)
         self._checked_classes: int | None = None
 

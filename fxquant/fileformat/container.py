@@ -350,15 +350,22 @@ def check_tensors(entries: list, data_nbytes: int) -> list[dict]:
     return out
 
 
+_FINITE_SUFFIXES = ("weight", "bias", "weight_scale", "weight_zero_point", "running_mean", "running_var")
+
+
 def check_finite(values: dict[str, torch.Tensor]) -> None:
-    """Refuse NaN/inf in any floating tensor and negative norm variances: the writer never stores them."""
+    """Refuse what the writer never stores: NaN anywhere; inf in weights, biases, scales, zero points and
+    norm statistics (other buffers, e.g. attention masks, may hold ±inf); negative variances; scales <= 0."""
     for key, tensor in values.items():
-        if tensor.is_floating_point() and tensor.numel() and not bool(torch.isfinite(tensor).all()):
+        if not tensor.is_floating_point() or not tensor.numel():
+            continue
+        strict = key.endswith(_FINITE_SUFFIXES)
+        if bool(torch.isnan(tensor).any()) or (strict and not bool(torch.isfinite(tensor).all())):
             raise FxqFormatError(f"malformed data: tensor {key!r} holds NaN or infinite values (fxquant.save "
                                  "never writes them)", "header")
-        if key.endswith("running_var") and tensor.numel() and bool((tensor < 0).any()):
+        if key.endswith("running_var") and bool((tensor < 0).any()):
             raise FxqFormatError(f"malformed data: tensor {key!r} holds a negative variance", "header")
-        if key.endswith("weight_scale") and tensor.numel() and bool((tensor <= 0).any()):
+        if key.endswith("weight_scale") and bool((tensor <= 0).any()):
             raise FxqFormatError(f"malformed data: tensor {key!r} holds a scale <= 0", "header")
 
 
