@@ -11,7 +11,10 @@ scores each rank's share of the batches and sums the counts, so every rank ends
 with the same bit-widths as a single process would. Only rank 0 logs, prints and
 writes files. Backend: ``nccl`` when every rank has a GPU, ``gloo`` otherwise
 (``--backend`` overrides); on GPUs the model and batches go to ``cuda:LOCAL_RANK``.
-Run without the launcher it is simply a single-process run.
+Run without the launcher it is simply a single-process run. (Initialising the group is
+optional: under torchrun ``fxquant.compress`` starts one itself and destroys it before
+returning; this script does it to pick the backend and to keep the group for its
+barrier. Without it, use ``fxquant.engine.distributed.is_main_process()`` to write once.)
 """
 
 from __future__ import annotations

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import logging
@@ -149,6 +150,21 @@ def _in_eval_mode(gm: fx.GraphModule, run: Callable):
             module.training = modes.get(name, False)
 
 
+@contextlib.contextmanager
+def _logs_on_main_rank(comm):
+    """Only rank 0 logs: the other ranks' fxquant loggers keep errors only while the search runs."""
+    if comm is None or comm.is_main:
+        yield
+        return
+    logger = logging.getLogger("fxquant")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
 def _check_mapping(gm: fx.GraphModule, layers: list[passes.Layer], mapping) -> None:
     """Fail before a long search, not after it, when a layer has no quantized module."""
     for layer in layers:
@@ -214,52 +230,60 @@ def compress(model: nn.Module, calib_loader: Iterable | None = None, *, oracle: 
         distributed: split the oracle's calibration batches over the
             ``torch.distributed`` processes (every rank passes the same model and
             data and gets the same result; only rank 0 logs). ``None``: whenever a
-            process group is initialised (e.g. under ``torchrun``).
+            process group is initialised or the script runs under ``torchrun``
+            (RANK, WORLD_SIZE, MASTER_ADDR, MASTER_PORT set): without a group,
+            fxquant initialises one (gloo on CPU, nccl for a model on CUDA) and
+            destroys it before returning; a group you initialised is left alone.
+            ``True`` without either is a ``ValueError``. Write files on one rank
+            only: ``fxquant.engine.distributed.is_main_process()``.
 
     ``fxquant.report(result)`` gives the :class:`~fxquant.reporting.report.CompressionReport`.
     """
     dtype = check_model(model, "fxquant.compress")
     cfg = _search_config(config, options)
-    comm = fxdist.resolve(distributed)
+    fxdist.check_request(distributed)
     if oracle is None:
         oracle = AccuracyOracle(calib_loader)
         check_inputs([x for x, _ in oracle.batches], "calib_loader", dtype)
     elif not callable(oracle):
         raise ValueError(f"oracle must be callable(model) -> float, got {type(oracle).__name__}")
-    if verbose and (comm is None or comm.is_main):  # the other ranks keep the application's logging
-        _ensure_progress_output()
-    work = copy.deepcopy(model).eval()
-    gm = passes.trace(work, leaf_modules=leaf_modules, copy_model=False)
-    layers = passes.find_layers(gm)
-    passes.annotate_importance(gm, w_p=cfg.w_p, w_v=cfg.w_v, layers=layers)
-    chosen = select_layers(gm, layers, filter_fn)
-    _check_mapping(gm, chosen, mapping)
-    if keep_8bit is None:
-        keep = set()
-    elif callable(keep_8bit):
-        keep = {lay.name for lay in select_layers(gm, chosen, keep_8bit)}
-    else:
-        keep = {keep_8bit} if isinstance(keep_8bit, str) else set(keep_8bit)
-        unknown = sorted(keep - {lay.name for lay in layers})
-        if unknown:
-            raise ValueError(f"keep_8bit names no layer of the model: {unknown[:5]}")
-        excluded = sorted(keep - {lay.name for lay in chosen})
-        if excluded:
-            raise ValueError(f"keep_8bit names layers that filter_fn keeps float: {excluded[:5]}")
-    calib_inputs = None
-    if stats_loader is not None:
-        calib_inputs = calibration_inputs(stats_loader, cfg.quant.calib_samples, "stats_loader")
-        check_inputs(calib_inputs, "stats_loader", dtype)
-    elif calib_loader is not None and not isinstance(oracle, AccuracyOracle):
-        calib_inputs = calibration_inputs(calib_loader, cfg.quant.calib_samples)
-        check_inputs(calib_inputs, "calib_loader", dtype)
-    quantizer = layer_quantizer(gm, chosen, cfg, oracle, calib_inputs)
-    if quantizer.config.rounding == "gptq" and stats_loader is None and isinstance(oracle, AccuracyOracle):
-        log.warning("fxquant: GPTQ statistics come from the images the search scores; pass stats_loader= "
-                    "(other images, e.g. the rest of the training split) so the search cannot trust "
-                    "widths that only fit the calibration images")
-    result = search_bits(gm, oracle, cfg, layers=chosen, keep_8bit=keep, verbose=verbose, comm=comm,
-                         quantizer=quantizer)
+    on_cuda = any(t.is_cuda for t in (*model.parameters(), *model.buffers()))
+    with fxdist.session(distributed, cuda=on_cuda) as comm, _logs_on_main_rank(comm):
+        # under torchrun: starts (and ends) its own process group; the other ranks stay quiet
+        if verbose and (comm is None or comm.is_main):
+            _ensure_progress_output()
+        work = copy.deepcopy(model).eval()
+        gm = passes.trace(work, leaf_modules=leaf_modules, copy_model=False)
+        layers = passes.find_layers(gm)
+        passes.annotate_importance(gm, w_p=cfg.w_p, w_v=cfg.w_v, layers=layers)
+        chosen = select_layers(gm, layers, filter_fn)
+        _check_mapping(gm, chosen, mapping)
+        if keep_8bit is None:
+            keep = set()
+        elif callable(keep_8bit):
+            keep = {lay.name for lay in select_layers(gm, chosen, keep_8bit)}
+        else:
+            keep = {keep_8bit} if isinstance(keep_8bit, str) else set(keep_8bit)
+            unknown = sorted(keep - {lay.name for lay in layers})
+            if unknown:
+                raise ValueError(f"keep_8bit names no layer of the model: {unknown[:5]}")
+            excluded = sorted(keep - {lay.name for lay in chosen})
+            if excluded:
+                raise ValueError(f"keep_8bit names layers that filter_fn keeps float: {excluded[:5]}")
+        calib_inputs = None
+        if stats_loader is not None:
+            calib_inputs = calibration_inputs(stats_loader, cfg.quant.calib_samples, "stats_loader")
+            check_inputs(calib_inputs, "stats_loader", dtype)
+        elif calib_loader is not None and not isinstance(oracle, AccuracyOracle):
+            calib_inputs = calibration_inputs(calib_loader, cfg.quant.calib_samples)
+            check_inputs(calib_inputs, "calib_loader", dtype)
+        quantizer = layer_quantizer(gm, chosen, cfg, oracle, calib_inputs)
+        if quantizer.config.rounding == "gptq" and stats_loader is None and isinstance(oracle, AccuracyOracle):
+            log.warning("fxquant: GPTQ statistics come from the images the search scores; pass stats_loader= "
+                        "(other images, e.g. the rest of the training split) so the search cannot trust "
+                        "widths that only fit the calibration images")
+        result = search_bits(gm, oracle, cfg, layers=chosen, keep_8bit=keep, verbose=verbose, comm=comm,
+                             quantizer=quantizer)
     passes.rewrite(gm, result.bits, config=result.config.quant, mapping=mapping, layers=layers,
                    quantized=quantizer.chosen(result.bits))
     gm.meta["fxquant"] = result

@@ -11,7 +11,10 @@ size, the split of a list of batches (round robin by batch, no padding, no
 duplicates: every batch is scored by exactly one rank), integer sums, a check
 that every rank holds the same calibration data, and rank 0's value of a
 black-box oracle. It knows nothing of FX. :func:`resolve` turns the user's
-``distributed=None|True|False`` into a :class:`Comm` or ``None``.
+``distributed=None|True|False`` into a :class:`Comm` or ``None``; :func:`session`
+does the same for one ``compress`` call and, under ``torchrun`` without a process
+group, initialises one itself (gloo on CPU, nccl on CUDA) and destroys it
+afterwards (only the group it created).
 
 Every method here is a collective unless its docstring says otherwise: all
 ranks must call it, in the same order.
@@ -19,13 +22,25 @@ ranks must call it, in the same order.
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import math
-from typing import Callable, Sequence
+import os
+from typing import Callable, Iterator, Sequence
 
 import torch
 import torch.distributed as dist
 
-__all__ = ["Comm", "process_group_ready", "resolve", "shard_indices"]
+__all__ = ["Comm", "process_group_ready", "torchrun_env", "is_main_process", "check_request", "resolve", "session",
+           "shard_indices"]
+
+log = logging.getLogger("fxquant.distributed")
+
+TORCHRUN_VARIABLES = ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
+_NO_GROUP = ("distributed=True needs an initialised torch.distributed process group or the torchrun "
+             "environment (RANK, WORLD_SIZE, MASTER_ADDR, MASTER_PORT): launch with `torchrun` (python -m "
+             "torch.distributed.run), or call torch.distributed.init_process_group() yourself, or pass "
+             "distributed=False")
 
 
 def process_group_ready() -> bool:
@@ -57,9 +72,7 @@ class Comm:
 
     def __init__(self, group=None):
         if not process_group_ready():
-            raise ValueError("distributed=True needs an initialised torch.distributed process group: "
-                             "launch with `torchrun` (python -m torch.distributed.run) and call "
-                             "torch.distributed.init_process_group(), or pass distributed=False")
+            raise ValueError(_NO_GROUP)
         self.group = group
         self.rank = dist.get_rank(group)
         self.world_size = dist.get_world_size(group)
@@ -143,15 +156,88 @@ class Comm:
         return value
 
 
+def torchrun_env() -> dict[str, str] | None:
+    """The torchrun variables (RANK, WORLD_SIZE, MASTER_ADDR, MASTER_PORT) when all are set (not a collective)."""
+    env = {k: os.environ.get(k) for k in TORCHRUN_VARIABLES}
+    return env if all(env.values()) else None
+
+
+def is_main_process() -> bool:
+    """Whether this process is rank 0 (of the process group, else of torchrun's RANK; True alone).
+
+    Use it to write files and print once, also after ``compress`` destroyed the
+    process group it created (not a collective).
+    """
+    if process_group_ready():
+        return dist.get_rank() == 0
+    return os.environ.get("RANK", "0").strip() in ("", "0")
+
+
+def check_request(distributed) -> None:
+    """Fail early (before any work) on a ``distributed=`` that cannot be honoured (not a collective)."""
+    if distributed is not None and not isinstance(distributed, bool):
+        raise ValueError(f"distributed must be None (auto), True or False, got {distributed!r}")
+    if distributed is True and not process_group_ready() and torchrun_env() is None:
+        raise ValueError(_NO_GROUP)
+
+
 def resolve(distributed: bool | None) -> Comm | None:
-    """The :class:`Comm` to search with, or ``None`` for one process (not a collective).
+    """The :class:`Comm` of an existing process group, or ``None`` for one process (not a collective).
 
     ``None`` (default) is distributed exactly when a process group is
-    initialised (e.g. under ``torchrun``); ``True`` requires one (``ValueError``
-    telling how to get it otherwise); ``False`` never distributes.
+    initialised; ``True`` requires one (``ValueError`` telling how to get it
+    otherwise); ``False`` never distributes. :func:`session` also starts a group
+    under torchrun.
     """
+    check_request(distributed)
     if distributed is None:
         return Comm() if process_group_ready() else None
-    if not isinstance(distributed, bool):
-        raise ValueError(f"distributed must be None (auto), True or False, got {distributed!r}")
     return Comm() if distributed else None
+
+
+def _world_size(env: dict[str, str]) -> int:
+    try:
+        world, rank = int(env["WORLD_SIZE"]), int(env["RANK"])
+    except ValueError as e:
+        raise ValueError(f"torchrun environment: RANK={env['RANK']!r} and WORLD_SIZE={env['WORLD_SIZE']!r} "
+                         "must be integers") from e
+    if world < 1 or not 0 <= rank < world:
+        raise ValueError(f"torchrun environment: RANK={rank} is not in 0..WORLD_SIZE-1 (WORLD_SIZE={world})")
+    return world
+
+
+@contextlib.contextmanager
+def session(distributed: bool | None, *, cuda: bool = False) -> Iterator[Comm | None]:
+    """:func:`resolve`, initialising the process group from the torchrun environment when there is none.
+
+    With ``distributed=None`` or ``True``, no process group, and the torchrun
+    variables set for more than one process, a group is started (``nccl`` when
+    ``cuda``, the model being on a GPU; ``gloo`` otherwise) and destroyed on exit;
+    a group the caller initialised is used and left alone. ``True`` without a
+    group nor the torchrun environment raises ``ValueError``. A collective when
+    it starts a group: every rank must enter it.
+    """
+    check_request(distributed)
+    env = torchrun_env()
+    start = (distributed is not False and not process_group_ready() and env is not None and dist.is_available()
+             and (_world_size(env) > 1 or distributed is True))
+    if not start:
+        yield resolve(distributed)
+        return
+    backend = "nccl" if cuda else "gloo"
+    if cuda:
+        import torch.cuda
+
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+    dist.init_process_group(backend)  # env:// rendezvous from torchrun's variables
+    group = dist.group.WORLD
+    log.debug("fxquant started a %s process group (rank %s of %s)", backend, env["RANK"], env["WORLD_SIZE"])
+    ok = False
+    try:
+        yield Comm()
+        ok = True
+    finally:
+        if dist.is_initialized() and dist.group.WORLD is group:  # ours, and not already destroyed
+            if ok:
+                dist.barrier()  # no rank leaves while another still needs the group
+            dist.destroy_process_group()
