@@ -170,6 +170,8 @@ def test_model_size_check_accepts_the_real_architecture(tmp_path):
     lambda h: h["report"].__setitem__("layers", [{"name": 1}]),
     lambda h: h["report"].__setitem__("layers", 5),
     lambda h: h["report"].__setitem__("average_bits", "x"),
+    lambda h: h["report"].__setitem__("packed_bytes", "x"),
+    lambda h: h["report"].__setitem__("float32_bytes", None),
     lambda h: h["metadata"].__setitem__("image_size", 5),
     lambda h: h["metadata"].__setitem__("model", {"a": [1] * 10_000}),
     lambda h: h["metadata"].__setitem__("num_classes", "x" * 100_000),

@@ -171,6 +171,10 @@ def _report_of(header: dict, file):
         report = CompressionReport.from_dict(header["report"])
         text = report.to_text()
         report.to_dict()
+        for name in ("packed_bytes", "grid_bytes", "float32_bytes", "average_bits", "compression_ratio"):
+            value = getattr(report, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+                raise TypeError(f"{name} is {str(value)[:30]!r}, not a number >= 0")
     except Exception as e:  # noqa: BLE001 - any malformed report is a format error
         raise FxqFormatError(f"{file}: malformed header: header.report is unusable ({type(e).__name__}: {e})",
                              "header") from e
