@@ -110,8 +110,8 @@ def test_a_file_never_chooses_the_code_eval_runs(crafted, tripwires, capsys, spe
 def test_the_allow_list_is_one_table_of_exact_names():
     assert "fxquant.demo:DemoCNN" in recorded.RECORDED_BUILDERS
     assert recorded.recorded_builder("fxquant.demo:DemoCNN", "f").build(3, {"width": 2}).head.out_features == 3
-    assert recorded.recorded_builder("resnet18", "f").torchvision
-    for spec in ("resnet18.fc", "fxquant.demo:DemoCNN.forward", "torchvision.models:get_model", ""):
+    assert recorded.recorded_builder("resnet18", "f").target == "torchvision.models:resnet18"
+    for spec in ("resnet18.fc", ":resnet18", "torchvision:resnet18", "fxquant.demo:DemoCNN.forward", "torchvision.models:get_model", ""):
         with pytest.raises(recorded.CliError, match="pass --model"):
             recorded.recorded_builder(spec, "f")
 

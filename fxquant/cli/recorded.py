@@ -5,12 +5,13 @@ A ``.fxq`` file may come from anyone, and its checksums only detect accidents.
 records, so the file must not choose which code runs nor how much memory is
 allocated:
 
-* :data:`RECORDED_BUILDERS` is the one table of architectures a file may name:
-  every torchvision classifier (``torchvision.models.list_models``) and
-  fxquant's own models, each with the keyword arguments a file may pass and
-  their ranges. Another entry (e.g. ``timm:NAME``) is one more row. Anything
-  else, ``module:function`` included, is refused unless the user passes
-  ``--model`` explicitly.
+* :data:`RECORDED_BUILDERS` (exact specs: fxquant's own models) and
+  :data:`RECORDED_FAMILIES` (a prefix and the names a library lists: every
+  torchvision classifier of ``torchvision.models.list_models``) are the
+  allow-list of architectures a file may name, each with the keyword arguments
+  a file may pass and their ranges. Another library (e.g. ``timm:NAME``) is one
+  more row. Anything else, ``module:function`` included, is refused unless the
+  user passes ``--model`` explicitly.
 * :func:`check_recorded` bounds every number read from the metadata (classes,
   model arguments, image size, synthetic-data parameters, normalisation,
   split) before anything is allocated, and :func:`check_model_size` builds the
@@ -23,13 +24,14 @@ Every refusal is a one-line :class:`fxquant.cli.output.CliError` naming the fiel
 from __future__ import annotations
 
 import dataclasses
+import functools
 import importlib
 import math
 from typing import Callable
 
 from fxquant.cli.output import CliError
 
-__all__ = ["Arg", "Builder", "RECORDED_BUILDERS", "recorded_builder", "check_recorded", "check_model_size",
+__all__ = ["Arg", "Builder", "RECORDED_BUILDERS", "RECORDED_FAMILIES", "recorded_builder", "check_recorded", "check_model_size",
            "MAX_CLASSES", "MAX_IMAGE_SIDE", "MAX_SYNTHETIC_ELEMENTS"]
 
 MAX_CLASSES = 100_000
@@ -59,19 +61,22 @@ class Arg:
 
 @dataclasses.dataclass(frozen=True)
 class Builder:
-    """One architecture a file may name: ``target`` (``module:attribute``, fxquant's or a library's)."""
+    """One architecture a file may name: ``target`` (``module:attribute``, fxquant's or a library's).
+
+    ``factory`` (optional) builds it instead of importing ``target``, e.g. a
+    library's ``get_model(name, ...)``; it is called with ``num_classes`` and the
+    checked keyword arguments.
+    """
 
     target: str
     args: dict[str, Arg] = dataclasses.field(default_factory=dict)
-    torchvision: bool = False
+    factory: Callable | None = None
 
     def build(self, num_classes: int, kwargs: dict):
         """A fresh model (in the current default device: ``meta`` for :func:`check_model_size`)."""
+        if self.factory is not None:
+            return self.factory(num_classes=num_classes, **kwargs)
         module, _, attr = self.target.partition(":")
-        if self.torchvision:
-            import torchvision
-
-            return torchvision.models.get_model(attr, weights=None, num_classes=num_classes, **kwargs)
         obj = importlib.import_module(module)
         for part in attr.split("."):
             obj = getattr(obj, part)
@@ -81,17 +86,31 @@ class Builder:
 _TORCHVISION_ARGS = {"dropout": Arg(float, 0.0, 1.0), "aux_logits": Arg(bool), "init_weights": Arg(bool),
                      "transform_input": Arg(bool)}
 
-# The recorded spec string -> where the class lives now (a spec stays valid when the code moves).
-RECORDED_BUILDERS: dict[str, Builder] = {
-    "fxquant.demo:DemoCNN": Builder("fxquant.demo:DemoCNN",
-                                    {"in_channels": Arg(int, 1, MAX_CHANNELS), "width": Arg(int, 1, 256)}),
-}
-
 
 def _torchvision_names() -> frozenset[str]:
     import torchvision
 
     return frozenset(torchvision.models.list_models(module=torchvision.models))
+
+
+def _torchvision_builder(name: str) -> Builder:
+    import torchvision
+
+    return Builder(f"torchvision.models:{name}", _TORCHVISION_ARGS,
+                   functools.partial(torchvision.models.get_model, name, weights=None))
+
+
+# The allow-list, in two tables. Exact specs: the recorded string -> where the class lives now
+# (a spec stays valid when the code moves).
+RECORDED_BUILDERS: dict[str, Builder] = {
+    "fxquant.demo:DemoCNN": Builder("fxquant.demo:DemoCNN",
+                                    {"in_channels": Arg(int, 1, MAX_CHANNELS), "width": Arg(int, 1, 256)}),
+}
+# Library families: spec prefix -> (the names it may be followed by, the builder of a name).
+# A spec matches when it is the prefix followed by exactly one listed name ("resnet18", "timm:NAME").
+RECORDED_FAMILIES: dict[str, tuple[Callable[[], frozenset[str]], Callable[[str], Builder]]] = {
+    "": (_torchvision_names, _torchvision_builder),
+}
 
 
 def recorded_builder(spec, file) -> Builder:
@@ -100,8 +119,10 @@ def recorded_builder(spec, file) -> Builder:
         raise CliError(f"{file} records an unusable model spec; pass --model NAME|MODULE:FUNCTION")
     if spec in RECORDED_BUILDERS:
         return RECORDED_BUILDERS[spec]
-    if ":" not in spec and spec in _torchvision_names():
-        return Builder(f"torchvision.models:{spec}", _TORCHVISION_ARGS, torchvision=True)
+    for prefix, (names, make) in RECORDED_FAMILIES.items():
+        name = spec[len(prefix):]
+        if spec.startswith(prefix) and (prefix or ":" not in spec) and name in names():
+            return make(name)
     if ":" in spec:
         raise CliError(f"{file} was compressed from the custom architecture {spec!r}; fxquant does not import "
                        f"code named inside a file: pass --model {spec} yourself if you trust it")
