@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import logging
 from typing import Callable, Collection, Iterable
@@ -16,6 +15,7 @@ from fxquant.core.config import QuantConfig
 from fxquant.nn.modules import quant_module_for
 from fxquant.engine.oracle import AccuracyOracle
 from fxquant.passes.calibrate import sequential_quantize
+from fxquant.passes.reparam import copy_model
 from fxquant.passes.search import layer_quantizer, search_bits
 from fxquant.schema import SearchConfig
 
@@ -37,6 +37,21 @@ def select_layers(gm: fx.GraphModule, layers: list[passes.Layer], filter_fn: Fil
     if not callable(filter_fn):
         raise ValueError(f"filter_fn must be callable(module, name) -> bool, got {type(filter_fn).__name__}")
     return [lay for lay in layers if filter_fn(_owner_module(gm, lay), lay.name)]
+
+
+def warn_float_weights(gm: fx.GraphModule) -> None:
+    """Log a warning naming the conv/linear/attention weights no layer covers (they stay float32).
+
+    Counted independently of the layer finder (:func:`fxquant.passes.weight_coverage`); the
+    layers the caller kept float (``filter_fn``, ``bits`` dict) are reported, not warned about.
+    """
+    cov = passes.weight_coverage(gm)
+    if cov.missed:
+        names = list(cov.missed)
+        missed = sum(cov.missed.values()) / max(1, cov.packed_params + cov.float_params)
+        log.warning("fxquant: %d conv/linear/attention weight tensor(s) (%.1f%% of the weight elements) are "
+                    "not quantizable layers and stay float32: %s%s (see fxquant.report(...).float_weights)",
+                    len(names), 100 * missed, ", ".join(names[:8]), ", ..." if len(names) > 8 else "")
 
 
 def quantizable_layers(model: nn.Module, *, leaf_modules: Iterable[str] = ()) -> list[str]:
@@ -67,6 +82,11 @@ def quantize(model: nn.Module, bits: int | dict[str, int | None] = 4, *, config:
         leaf_modules: submodules to keep whole when tracing (see ``fxquant.passes.trace``).
         mapping: float-module class -> quantized class (extends/replaces
             ``fxquant.DEFAULT_QUANT_MODULE_MAPPING``).
+
+    Conv/linear/attention weights that are no quantizable layer (e.g. inside an
+    untraced submodule with its own ``forward``) stay float32: a warning on the
+    ``fxquant.api`` logger names them, and ``fxquant.report(result).float_weights``
+    lists every weight left float.
     """
     gm = passes.trace(model, leaf_modules=leaf_modules)
     layers = passes.find_layers(gm)
@@ -89,7 +109,9 @@ def quantize(model: nn.Module, bits: int | dict[str, int | None] = 4, *, config:
     if cfg.needs_data:
         inputs = calibration_inputs(calib_loader, cfg.calib_samples)
         given = sequential_quantize(gm, widths, cfg, inputs, layers=layers)
-    return passes.rewrite(gm, widths, config=cfg, mapping=mapping, layers=layers, quantized=given)
+    passes.rewrite(gm, widths, config=cfg, mapping=mapping, layers=layers, quantized=given)
+    warn_float_weights(gm)
+    return gm
 
 
 def _check_mapping(gm: fx.GraphModule, layers: list[passes.Layer], mapping) -> None:
@@ -169,7 +191,7 @@ def compress(model: nn.Module, calib_loader: Iterable | None = None, *, oracle: 
         raise ValueError(f"oracle must be callable(model) -> float, got {type(oracle).__name__}")
     if verbose and (comm is None or comm.is_main):  # the other ranks keep the application's logging
         _ensure_progress_output()
-    work = copy.deepcopy(model).eval()
+    work = copy_model(model).eval()
     gm = passes.trace(work, leaf_modules=leaf_modules, copy_model=False)
     layers = passes.find_layers(gm)
     passes.annotate_importance(gm, w_p=cfg.w_p, w_v=cfg.w_v, layers=layers)
@@ -202,4 +224,5 @@ def compress(model: nn.Module, calib_loader: Iterable | None = None, *, oracle: 
     passes.rewrite(gm, result.bits, config=result.config.quant, mapping=mapping, layers=layers,
                    quantized=quantizer.chosen(result.bits))
     gm.meta["fxquant"] = result
+    warn_float_weights(gm)
     return gm

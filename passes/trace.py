@@ -10,14 +10,14 @@ When the failure is in the model's own ``forward`` no fallback is possible, and
 
 from __future__ import annotations
 
-import copy
 import logging
 from typing import Iterable
 
 from torch import fx, nn
-from torch.nn.utils import parametrize
 
 from fxquant.nn.modules import is_quantized_module, quant_module_for
+from fxquant.passes.fold import fold_weights
+from fxquant.passes.reparam import bake_reparametrizations, copy_model as _copy_model
 
 __all__ = ["FxquantTracer", "TraceFailure", "trace"]
 
@@ -68,22 +68,6 @@ class FxquantTracer(fx.Tracer):
             self._stack.pop()
 
 
-def _bake_reparametrizations(root: nn.Module) -> None:
-    """Turn weights computed on the fly (``parametrize``, ``weight_norm``, ``spectral_norm``)
-    into plain parameters holding their current value, so they can be quantized."""
-    for name, module in root.named_modules():
-        if parametrize.is_parametrized(module):
-            for attr in list(module.parametrizations.keys()):
-                parametrize.remove_parametrizations(module, attr, leave_parametrized=True)
-                log.info("fxquant: baked the parametrization of %s.%s into a plain parameter", name, attr)
-        for hook in list(module._forward_pre_hooks.values()):
-            remove = {"WeightNorm": nn.utils.remove_weight_norm,
-                      "SpectralNorm": nn.utils.remove_spectral_norm}.get(type(hook).__name__)
-            if remove is not None:
-                remove(module, hook.name)
-                log.info("fxquant: baked %s of %s.%s into a plain parameter", type(hook).__name__, name, hook.name)
-
-
 def _trace_once(model: nn.Module, leaves: set[str], leaf_types, concrete_args):
     tracer = FxquantTracer(leaves, leaf_types)
     try:
@@ -92,6 +76,7 @@ def _trace_once(model: nn.Module, leaves: set[str], leaf_types, concrete_args):
         return None, tracer.failed_module or "", e
     gm = fx.GraphModule(tracer.root, graph, type(model).__name__)
     _restore_weight_owners(gm, tracer.root)
+    fold_weights(gm)
     return gm, None, None
 
 
@@ -137,9 +122,12 @@ def trace(
             (logged as a warning). With ``False`` the failure raises at once.
         copy_model: deep-copy ``model`` first (default) so later in-place
             passes never touch the caller's modules. Reparametrized weights
-            (``parametrize``, ``weight_norm``, ``spectral_norm``) are baked into
-            plain parameters of the traced model (of ``model`` itself when
-            ``copy_model=False``).
+            (``parametrize``, ``weight_norm``, ``spectral_norm``, new and legacy)
+            are baked into plain parameters of the traced model (of ``model``
+            itself when ``copy_model=False``; no class object is ever edited:
+            :mod:`fxquant.passes.reparam`), and weights computed from parameters
+            only in ``forward`` (weight standardisation, ``g * v / v.norm()``) are
+            folded into one parameter each (:mod:`fxquant.passes.fold`).
 
     Raises:
         TraceFailure: tracing failed in the model's own ``forward``, or in a
@@ -147,8 +135,8 @@ def trace(
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"trace expects an nn.Module, got {type(model).__name__}")
-    root = copy.deepcopy(model) if copy_model else model
-    _bake_reparametrizations(root)
+    root = _copy_model(model) if copy_model else model
+    bake_reparametrizations(root)
     known = {name for name, _ in root.named_modules()}
     leaves = set(leaf_modules)
     unknown = sorted(leaves - known)
