@@ -11,6 +11,7 @@ When the failure is in the model's own ``forward`` no fallback is possible, and
 from __future__ import annotations
 
 import logging
+import sys
 from typing import Iterable
 
 from torch import fx, nn
@@ -42,7 +43,7 @@ class FxquantTracer(fx.Tracer):
     """
 
     def __init__(self, leaf_modules: Iterable[str] = (), leaf_types: tuple[type, ...] = ()):
-        super().__init__()
+        super().__init__(autowrap_functions=_library_notrace_functions())
         self.leaf_names = set(leaf_modules)
         self.leaf_types = tuple(leaf_types)
         self.failed_module: str | None = None
@@ -66,6 +67,23 @@ class FxquantTracer(fx.Tracer):
             raise
         finally:
             self._stack.pop()
+
+
+def _library_notrace_functions() -> tuple:
+    """Functions a loaded library marks as not symbolically traceable (timm's ``register_notrace_function``).
+
+    timm wraps e.g. its position-embedding resampling this way for its own FX
+    feature extraction; without it the top-level ``forward`` of its ViTs cannot
+    be traced (no leaf fallback can help there).
+    """
+    timm_fx = sys.modules.get("timm.layers._fx")
+    getter = getattr(timm_fx, "get_notrace_functions", None)
+    if getter is None:
+        return ()
+    try:
+        return tuple(f for f in getter() if callable(f))
+    except Exception:  # noqa: BLE001 - an optional nicety: tracing proceeds without it
+        return ()
 
 
 def _trace_once(model: nn.Module, leaves: set[str], leaf_types, concrete_args):

@@ -32,7 +32,8 @@ import sys
 from pathlib import Path
 
 from fxquant.data.images import TEST_FRACTION, LabelledImages, accuracy, load_data, stats_loader
-from fxquant.cli.models import build_model, check_file, check_model_spec, load_checkpoint, load_weights
+from fxquant.cli.models import (build_model, check_file, check_model_spec, is_timm_spec, load_checkpoint,
+                                load_weights)
 from fxquant.cli.output import CliError, error_text, one_line_warnings, progress_logging, say
 from fxquant.cli.parser import DEFAULT_CALIB, build_parser
 from fxquant.reporting.draw import draw
@@ -93,6 +94,7 @@ def _cmd_compress(args) -> int:
     num_classes = args.num_classes or (recorded_classes if isinstance(recorded_classes, int) else 10)
     kwargs = ckpt_meta.get("model_kwargs")
     model_kwargs = dict(kwargs) if isinstance(kwargs, dict) and spec == ckpt_meta.get("model") else {}
+    model_kwargs.update(_in_chans(args, spec))
     model = build_model(spec, num_classes, model_kwargs)
     load_weights(model, state, args.checkpoint, spec, num_classes)
 
@@ -214,6 +216,15 @@ def _bounded_scalars(values: dict, limit: int = 4096) -> bool:
                for v in values.values())
 
 
+def _in_chans(args, spec: str) -> dict:
+    """``{"in_chans": N}`` from ``--in-chans`` (timm models only), else nothing."""
+    if getattr(args, "in_chans", None) is None:
+        return {}
+    if not is_timm_spec(spec):
+        raise CliError(f"--in-chans applies to --model timm:NAME only, not {spec!r}")
+    return {"in_chans": args.in_chans}
+
+
 def _check_recorded_spec(spec: str, meta: dict, file) -> None:
     """A .fxq may come from anyone: never import code it names, nor pass it arbitrary arguments."""
     if ":" in spec and not spec.startswith("fxquant."):
@@ -239,7 +250,8 @@ def _cmd_eval(args) -> int:
     if args.model is None:
         _check_recorded_spec(spec, meta, args.file)
     num_classes = args.num_classes or meta.get("num_classes") or 10
-    model_kwargs = (meta.get("model_kwargs") or {}) if spec == meta.get("model") else {}
+    model_kwargs = dict(meta.get("model_kwargs") or {}) if spec == meta.get("model") else {}
+    model_kwargs.update(_in_chans(args, spec))
     if args.checkpoint is not None:
         check_file(args.checkpoint, "checkpoint")
     if args.data is None and meta.get("data_kind") != "synthetic":
