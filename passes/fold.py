@@ -119,40 +119,55 @@ def _unique_attr(owner: nn.Module, base: str) -> str:
     return attr
 
 
+def _plan(gm: fx.GraphModule, root: fx.Node, const: set[fx.Node]):
+    """``(nodes, value, anchor get_attr node)`` for folding ``root``, or None when it is no weight."""
+    nodes = _subgraph(root, const)
+    try:
+        with torch.no_grad():
+            value = _evaluate(gm, nodes)
+    except Exception as e:  # noqa: BLE001 - a subgraph that cannot run alone stays as it is
+        log.warning("fxquant: cannot fold the weight computed at node %s (%s: %s); it stays float",
+                    root.name, type(e).__name__, e)
+        return None
+    if not isinstance(value, torch.Tensor) or not value.is_floating_point():
+        return None
+    params = [n for n in nodes if n.op == "get_attr" and isinstance(_get_attr(gm, n.target)[2], nn.Parameter)]
+    if not params:
+        return None  # buffers only: a constant, not a weight
+    anchor = max(params, key=lambda n: (_get_attr(gm, n.target)[2].numel() == value.numel(),
+                                        _get_attr(gm, n.target)[2].numel()))
+    return nodes, value, anchor
+
+
+def _closed(gm: fx.GraphModule, nodes: list[fx.Node], root: fx.Node, target: str) -> bool:
+    """Whether ``target`` is read only inside ``nodes``, and those nodes feed nothing but ``root``."""
+    inside = set(nodes)
+    readers = [n for n in gm.graph.nodes if n.op == "get_attr" and n.target == target]
+    if any(n not in inside for n in readers):
+        return False
+    return all(user in inside for n in nodes if n is not root for user in n.users)
+
+
 def fold_weights(gm: fx.GraphModule) -> list[str]:
     """Fold parameter-only weight computations of ``gm`` in place; returns the new parameters' paths.
 
     The folded value lands on the parameter of the subgraph with as many
-    elements as the result (else the largest one): in place when nothing else
-    reads that parameter, else under a new ``<name>_folded`` attribute.
-    Lints and recompiles the graph when anything was folded.
+    elements as the result (else the largest one): in place when only this
+    computation reads that parameter, else under a new ``<name>_folded``
+    attribute. Every value is computed before anything is replaced. Lints and
+    recompiles the graph when anything was folded.
     """
     const = _constant_nodes(gm)
-    roots = _fold_roots(gm, const)
-    if not roots:
+    plans = [(root, _plan(gm, root, const)) for root in _fold_roots(gm, const)]
+    plans = [(root, *plan) for root, plan in plans if plan is not None]
+    if not plans:
         return []
+    in_place = {root: _closed(gm, nodes, root, anchor.target) for root, nodes, _, anchor in plans}
     graph = gm.graph
-    folded_paths = []
-    for root in roots:
-        nodes = _subgraph(root, const)
-        try:
-            with torch.no_grad():
-                value = _evaluate(gm, nodes)
-        except Exception as e:  # noqa: BLE001 - a subgraph that cannot run alone stays as it is
-            log.warning("fxquant: cannot fold the weight computed at node %s (%s: %s); it stays float",
-                        root.name, type(e).__name__, e)
-            continue
-        if not isinstance(value, torch.Tensor) or not value.is_floating_point():
-            continue
-        params = [n for n in nodes if n.op == "get_attr"
-                  and isinstance(_get_attr(gm, n.target)[2], nn.Parameter)]
-        if not params:
-            continue  # buffers only: a constant, not a weight
-        anchor = max(params, key=lambda n: (_get_attr(gm, n.target)[2].numel() == value.numel(),
-                                            _get_attr(gm, n.target)[2].numel()))
+    folded_paths: list[str] = []
+    for root, nodes, value, anchor in plans:
         owner, attr, _ = _get_attr(gm, anchor.target)
-        outside = [u for u in anchor.users if u not in nodes]
-        if outside:
+        if not in_place[root] or anchor.target in folded_paths:
             attr = _unique_attr(owner, attr)
         owner.register_parameter(attr, nn.Parameter(value.detach().clone().contiguous(), requires_grad=False))
         target = f"{anchor.target.rpartition('.')[0]}.{attr}".lstrip(".")
@@ -160,10 +175,9 @@ def fold_weights(gm: fx.GraphModule) -> list[str]:
             new = graph.get_attr(target)
         new.meta.update(root.meta)
         root.replace_all_uses_with(new)
-        const.add(new)  # a later root may compute from this one
         folded_paths.append(target)
-        log.info("fxquant: folded the weight computed at node %s (%s) into parameter %s",
-                 root.name, ", ".join(n.target for n in params), target)
+        log.info("fxquant: folded the weight computed at node %s (from %s) into parameter %s", root.name,
+                 ", ".join(sorted({n.target for n in nodes if n.op == "get_attr"})), target)
     graph.eliminate_dead_code()
     _drop_unread_parameters(gm, folded_paths)
     graph.lint()

@@ -218,3 +218,24 @@ def test_reports_of_older_files_have_no_float_fields():
     old = CompressionReport.from_dict(data)
     assert old.float_weights is None and old.float_fraction is None
     assert "left float" not in old.to_text()
+
+
+def test_chunks_of_one_computed_weight_are_folded_apart():
+    class M(nn.Module):  # q, k, v projections cut from one scaled weight
+        def __init__(self):
+            super().__init__()
+            self.qkv = nn.Parameter(torch.randn(12, 4))
+            self.scale = nn.Parameter(torch.rand(12, 1) + 0.5)
+
+        def forward(self, x):
+            q, k, v = (self.qkv * self.scale).chunk(3)
+            return nn.functional.linear(x, q) + nn.functional.linear(x, k) * nn.functional.linear(x, v)
+
+    model, x = M().eval(), torch.randn(3, 4)
+    gm = passes.trace(model)
+    layers = passes.find_layers(gm)
+    assert len(layers) == 3 and len({lay.name for lay in layers}) == 3
+    assert sum(lay.params for lay in layers) == 48
+    with torch.no_grad():
+        assert torch.allclose(gm(x), model(x), atol=1e-6)
+    assert fxquant.report(fxquant.quantize(model, 8)).float_weights == {}
