@@ -9,7 +9,10 @@ A *layer* is one weight tensor, however the graph reaches it:
   projection is an ``nn.Linear`` and is a ``module`` layer).
 * ``param``: any other Parameter (not buffer) of rank >= 2 that reaches ``F.linear``,
   ``F.conv*``, a matmul or an attention function through ``get_attr``
-  (possibly via view-like ops such as ``.t()``).
+  (possibly via view-like ops such as ``.t()``). A weight computed from
+  parameters in ``forward`` (weight standardisation, ``g * v / v.norm()``) has
+  already been folded into one such Parameter by the trace pass
+  (:mod:`fxquant.passes.fold`).
 
 A module called twice is one layer. A Parameter shared by several modules
 (weight tying) is one layer; the other owners are listed in ``Layer.tied``.

@@ -239,3 +239,11 @@ def test_chunks_of_one_computed_weight_are_folded_apart():
     with torch.no_grad():
         assert torch.allclose(gm(x), model(x), atol=1e-6)
     assert fxquant.report(fxquant.quantize(model, 8)).float_weights == {}
+
+
+def test_a_model_of_only_weight_standardised_convs_is_quantizable():
+    model = nn.Sequential(StdConv2d(3, 4, 3), nn.ReLU(), StdConv2d(4, 2, 3)).eval()
+    assert fxquant.quantizable_layers(model) == ["0.weight", "2.weight"]  # was "has no conv/linear weights"
+    x = torch.randn(1, 3, 8, 8)
+    with torch.no_grad():
+        assert _relative_error(fxquant.quantize(model, 8)(x), model(x)) < 0.05
