@@ -63,24 +63,26 @@ def _plain_base(cls: type) -> type:
     return cls.__bases__[0]
 
 
+def _original(plist: nn.Module) -> torch.Tensor:
+    """The (first) tensor a ``ParametrizationList`` computes from."""
+    return plist.original if plist.is_tensor else plist.original0
+
+
 def _bake_parametrize(name: str, module: nn.Module) -> None:
     base = _plain_base(type(module))
     with torch.no_grad():
         values = {attr: getattr(module, attr) for attr in module.parametrizations.keys()}
-    was_buffer = {attr: not isinstance(module.parametrizations[attr].original
-                                       if module.parametrizations[attr].is_tensor
-                                       else module.parametrizations[attr].original0, nn.Parameter)
-                  for attr in values}
-    # Only this instance changes class: the dynamic class (shared with the caller's model) keeps its
-    # properties.
+    is_param = {attr: isinstance(_original(module.parametrizations[attr]), nn.Parameter) for attr in values}
+    # Only this instance changes class: the dynamic class, shared with the caller's model by deepcopy,
+    # keeps its properties (torch's remove_parametrizations deletes them from the class).
     del module._modules["parametrizations"]
     module.__class__ = base
     for attr, value in values.items():
         value = value.detach().clone()
-        if was_buffer[attr]:
-            module.register_buffer(attr, value)
-        else:
+        if is_param[attr]:
             module.register_parameter(attr, nn.Parameter(value, requires_grad=False))
+        else:
+            module.register_buffer(attr, value)
         log.info("fxquant: folded the parametrization of %s.%s into a plain parameter", name or "<root>", attr)
 
 
