@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import copy
 import dataclasses
 import logging
 from typing import Callable, Collection, Iterable
@@ -18,6 +17,7 @@ from fxquant.core.config import QuantConfig
 from fxquant.nn.modules import quant_module_for
 from fxquant.engine.oracle import AccuracyOracle
 from fxquant.passes.calibrate import sequential_quantize
+from fxquant.passes.reparam import copy_model
 from fxquant.passes.search import layer_quantizer, search_bits
 from fxquant.schema import SearchConfig
 
@@ -72,6 +72,21 @@ def select_layers(gm: fx.GraphModule, layers: list[passes.Layer], filter_fn: Fil
     return [lay for lay in layers if filter_fn(_owner_module(gm, lay), lay.name)]
 
 
+def warn_float_weights(gm: fx.GraphModule) -> None:
+    """Log a warning naming the conv/linear/attention weights no layer covers (they stay float32).
+
+    Counted independently of the layer finder (:func:`fxquant.passes.weight_coverage`); the
+    layers the caller kept float (``filter_fn``, ``bits`` dict) are reported, not warned about.
+    """
+    cov = passes.weight_coverage(gm)
+    if cov.missed:
+        names = list(cov.missed)
+        missed = sum(cov.missed.values()) / max(1, cov.packed_params + cov.float_params)
+        log.warning("fxquant: %d conv/linear/attention weight tensor(s) (%.1f%% of the weight elements) are "
+                    "not quantizable layers and stay float32: %s%s (see fxquant.report(...).float_weights)",
+                    len(names), 100 * missed, ", ".join(names[:8]), ", ..." if len(names) > 8 else "")
+
+
 def quantizable_layers(model: nn.Module, *, leaf_modules: Iterable[str] = ()) -> list[str]:
     """Stable names of ``model``'s quantizable layers, in execution order."""
     return [layer.name for layer in passes.find_layers(passes.trace(model, leaf_modules=leaf_modules))]
@@ -104,6 +119,11 @@ def quantize(model: nn.Module, bits: int | dict[str, int | None] = 4, *, config:
         leaf_modules: submodules to keep whole when tracing (see ``fxquant.passes.trace``).
         mapping: float-module class -> quantized class (extends/replaces
             ``fxquant.DEFAULT_QUANT_MODULE_MAPPING``).
+
+    Conv/linear/attention weights that are no quantizable layer (e.g. inside an
+    untraced submodule with its own ``forward``) stay float32: a warning on the
+    ``fxquant.api`` logger names them, and ``fxquant.report(result).float_weights``
+    lists every weight left float.
     """
     dtype = check_model(model, "fxquant.quantize")
     gm = passes.trace(model, leaf_modules=leaf_modules)
@@ -128,7 +148,9 @@ def quantize(model: nn.Module, bits: int | dict[str, int | None] = 4, *, config:
         inputs = calibration_inputs(calib_loader, cfg.calib_samples)
         check_inputs(inputs, "calib_loader", dtype)
         given = _in_eval_mode(gm, lambda: sequential_quantize(gm, widths, cfg, inputs, layers=layers))
-    return passes.rewrite(gm, widths, config=cfg, mapping=mapping, layers=layers, quantized=given)
+    passes.rewrite(gm, widths, config=cfg, mapping=mapping, layers=layers, quantized=given)
+    warn_float_weights(gm)
+    return gm
 
 
 def _in_eval_mode(gm: fx.GraphModule, run: Callable):
@@ -252,7 +274,7 @@ def compress(model: nn.Module, calib_loader: Iterable | None = None, *, oracle: 
         # under torchrun: starts (and ends) its own process group; the other ranks stay quiet
         if verbose and (comm is None or comm.is_main):
             _ensure_progress_output()
-        work = copy.deepcopy(model).eval()
+        work = copy_model(model).eval()
         gm = passes.trace(work, leaf_modules=leaf_modules, copy_model=False)
         layers = passes.find_layers(gm)
         passes.annotate_importance(gm, w_p=cfg.w_p, w_v=cfg.w_v, layers=layers)
@@ -287,4 +309,5 @@ def compress(model: nn.Module, calib_loader: Iterable | None = None, *, oracle: 
     passes.rewrite(gm, result.bits, config=result.config.quant, mapping=mapping, layers=layers,
                    quantized=quantizer.chosen(result.bits))
     gm.meta["fxquant"] = result
+    warn_float_weights(gm)
     return gm

@@ -6,6 +6,8 @@ types they write live in :mod:`fxquant.schema`; nothing here imports the file
 format, the report, the CLI or the API.
 """
 
+from fxquant.passes.coverage import WeightCoverage, float_weights, weight_coverage
+from fxquant.passes.fold import fold_weights
 from fxquant.passes.graph import to_networkx
 from fxquant.passes.importance import annotate_importance, layer_infos, update_layer_infos
 from fxquant.passes.layers import find_layers, layers_by_name
@@ -33,4 +35,8 @@ __all__ = [
     "rewrite",
     "validate_bits",
     "to_networkx",
+    "fold_weights",
+    "float_weights",
+    "weight_coverage",
+    "WeightCoverage",
 ]

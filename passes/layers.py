@@ -9,7 +9,10 @@ A *layer* is one weight tensor, however the graph reaches it:
   projection is an ``nn.Linear`` and is a ``module`` layer).
 * ``param``: any other Parameter (not buffer) of rank >= 2 that reaches ``F.linear``,
   ``F.conv*``, a matmul or an attention function through ``get_attr``
-  (possibly via view-like ops such as ``.t()``).
+  (possibly via view-like ops such as ``.t()``). A weight computed from
+  parameters in ``forward`` (weight standardisation, ``g * v / v.norm()``) has
+  already been folded into one such Parameter by the trace pass
+  (:mod:`fxquant.passes.fold`).
 
 A module called twice is one layer. A Parameter shared by several modules
 (weight tying) is one layer; the other owners are listed in ``Layer.tied``.
@@ -33,7 +36,7 @@ from fxquant.nn.attention import MHA_PROJECTION_PARAMS
 from fxquant.nn.modules import is_quantized_module, quant_module_for
 from fxquant.schema import Layer
 
-__all__ = ["Layer", "find_layers", "layers_by_name", "weight_of"]
+__all__ = ["Layer", "find_layers", "layers_by_name", "weight_of", "consumes_weight", "is_view"]
 
 log = logging.getLogger("fxquant.layers")
 
@@ -57,15 +60,29 @@ def _owner(gm: nn.Module, path: str):
     return module_path, attr, gm.get_submodule(module_path) if module_path else gm
 
 
+def _is_consumer(node: fx.Node) -> bool:
+    return (node.op == "call_function" and node.target in _WEIGHT_CONSUMERS) or (
+        node.op == "call_method" and node.target in _WEIGHT_CONSUMER_METHODS)
+
+
+def is_view(node: fx.Node) -> bool:
+    """Whether ``node`` only reshapes / transposes / casts its first argument."""
+    return (node.op == "call_method" and node.target in _VIEW_METHODS) or (
+        node.op == "call_function" and node.target in _VIEW_FUNCTIONS)
+
+
+def consumes_weight(user: fx.Node, node: fx.Node) -> bool:
+    """Whether ``user`` computes a conv / matrix product with ``node`` (possibly through view-like ops)."""
+    if node not in user.all_input_nodes:
+        return False
+    return _is_consumer(user) or (is_view(user) and _feeds_weight_consumer(user, 1))
+
+
 def _feeds_weight_consumer(node: fx.Node, depth: int = 0) -> bool:
     for user in node.users:
-        if user.op == "call_function" and user.target in _WEIGHT_CONSUMERS:
+        if _is_consumer(user):
             return True
-        if user.op == "call_method" and user.target in _WEIGHT_CONSUMER_METHODS:
-            return True
-        through_view = (user.op == "call_method" and user.target in _VIEW_METHODS) or (
-            user.op == "call_function" and user.target in _VIEW_FUNCTIONS)
-        if through_view and depth < 4 and _feeds_weight_consumer(user, depth + 1):
+        if is_view(user) and depth < 4 and _feeds_weight_consumer(user, depth + 1):
             return True
     return False
 

@@ -10,14 +10,15 @@ When the failure is in the model's own ``forward`` no fallback is possible, and
 
 from __future__ import annotations
 
-import copy
 import logging
+import sys
 from typing import Iterable
 
 from torch import fx, nn
-from torch.nn.utils import parametrize
 
 from fxquant.nn.modules import is_quantized_module, quant_module_for
+from fxquant.passes.fold import fold_weights
+from fxquant.passes.reparam import bake_reparametrizations, copy_model as _copy_model
 
 __all__ = ["FxquantTracer", "TraceFailure", "trace"]
 
@@ -42,7 +43,7 @@ class FxquantTracer(fx.Tracer):
     """
 
     def __init__(self, leaf_modules: Iterable[str] = (), leaf_types: tuple[type, ...] = ()):
-        super().__init__()
+        super().__init__(autowrap_functions=_library_notrace_functions())
         self.leaf_names = set(leaf_modules)
         self.leaf_types = tuple(leaf_types)
         self.failed_module: str | None = None
@@ -68,20 +69,21 @@ class FxquantTracer(fx.Tracer):
             self._stack.pop()
 
 
-def _bake_reparametrizations(root: nn.Module) -> None:
-    """Turn weights computed on the fly (``parametrize``, ``weight_norm``, ``spectral_norm``)
-    into plain parameters holding their current value, so they can be quantized."""
-    for name, module in root.named_modules():
-        if parametrize.is_parametrized(module):
-            for attr in list(module.parametrizations.keys()):
-                parametrize.remove_parametrizations(module, attr, leave_parametrized=True)
-                log.info("fxquant: baked the parametrization of %s.%s into a plain parameter", name, attr)
-        for hook in list(module._forward_pre_hooks.values()):
-            remove = {"WeightNorm": nn.utils.remove_weight_norm,
-                      "SpectralNorm": nn.utils.remove_spectral_norm}.get(type(hook).__name__)
-            if remove is not None:
-                remove(module, hook.name)
-                log.info("fxquant: baked %s of %s.%s into a plain parameter", type(hook).__name__, name, hook.name)
+def _library_notrace_functions() -> tuple:
+    """Functions a loaded library marks as not symbolically traceable (timm's ``register_notrace_function``).
+
+    timm wraps e.g. its position-embedding resampling this way for its own FX
+    feature extraction; without it the top-level ``forward`` of its ViTs cannot
+    be traced (no leaf fallback can help there).
+    """
+    timm_fx = sys.modules.get("timm.layers._fx")
+    getter = getattr(timm_fx, "get_notrace_functions", None)
+    if getter is None:
+        return ()
+    try:
+        return tuple(f for f in getter() if callable(f))
+    except Exception:  # noqa: BLE001 - an optional nicety: tracing proceeds without it
+        return ()
 
 
 def _trace_once(model: nn.Module, leaves: set[str], leaf_types, concrete_args):
@@ -92,6 +94,7 @@ def _trace_once(model: nn.Module, leaves: set[str], leaf_types, concrete_args):
         return None, tracer.failed_module or "", e
     gm = fx.GraphModule(tracer.root, graph, type(model).__name__)
     _restore_weight_owners(gm, tracer.root)
+    fold_weights(gm)
     return gm, None, None
 
 
@@ -137,9 +140,12 @@ def trace(
             (logged as a warning). With ``False`` the failure raises at once.
         copy_model: deep-copy ``model`` first (default) so later in-place
             passes never touch the caller's modules. Reparametrized weights
-            (``parametrize``, ``weight_norm``, ``spectral_norm``) are baked into
-            plain parameters of the traced model (of ``model`` itself when
-            ``copy_model=False``).
+            (``parametrize``, ``weight_norm``, ``spectral_norm``, new and legacy)
+            are baked into plain parameters of the traced model (of ``model``
+            itself when ``copy_model=False``; no class object is ever edited:
+            :mod:`fxquant.passes.reparam`), and weights computed from parameters
+            only in ``forward`` (weight standardisation, ``g * v / v.norm()``) are
+            folded into one parameter each (:mod:`fxquant.passes.fold`).
 
     Raises:
         TraceFailure: tracing failed in the model's own ``forward``, or in a
@@ -147,8 +153,8 @@ def trace(
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"trace expects an nn.Module, got {type(model).__name__}")
-    root = copy.deepcopy(model) if copy_model else model
-    _bake_reparametrizations(root)
+    root = _copy_model(model) if copy_model else model
+    bake_reparametrizations(root)
     known = {name for name, _ in root.named_modules()}
     leaves = set(leaf_modules)
     unknown = sorted(leaves - known)

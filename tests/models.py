@@ -171,3 +171,134 @@ def build(name: str, seed: int = 0):
     model = factory().eval()
     x = torch.randn(shape, generator=torch.Generator().manual_seed(seed + 1))
     return model, x, names
+
+
+# ----------------------------------------------------------------------------- computed weights
+# Weights computed from parameters at run time (issue 18): name -> (factory, input shape,
+# expected layer names). Factories build a fresh, independently initialised-equal model.
+
+def _conv_linear() -> nn.Sequential:
+    return nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Flatten(), nn.Linear(288, 10))
+
+
+def weight_norm_new() -> nn.Module:
+    from torch.nn.utils.parametrizations import weight_norm
+
+    m = _conv_linear()
+    weight_norm(m[0])
+    weight_norm(m[3])
+    return m
+
+
+def spectral_norm_new() -> nn.Module:
+    from torch.nn.utils.parametrizations import spectral_norm
+
+    m = _conv_linear()
+    spectral_norm(m[0])
+    spectral_norm(m[3])
+    return m
+
+
+def weight_norm_legacy() -> nn.Module:
+    import warnings
+
+    m = _conv_linear()
+    with warnings.catch_warnings():  # deprecated in favour of parametrizations.weight_norm
+        warnings.simplefilter("ignore", FutureWarning)
+        nn.utils.weight_norm(m[0])
+        nn.utils.weight_norm(m[3], dim=None)
+    return m
+
+
+def weight_norm_legacy_after_forward() -> nn.Module:
+    m = weight_norm_legacy()
+    m(torch.randn(1, 3, 8, 8))  # the pre-hook has recomputed ``weight`` with autograd history
+    return m
+
+
+def spectral_norm_legacy() -> nn.Module:
+    m = _conv_linear()
+    nn.utils.spectral_norm(m[0])
+    return m
+
+
+class _Symmetric(nn.Module):
+    def forward(self, w):
+        return (w + w.transpose(0, 1)) / 2
+
+
+def custom_parametrization() -> nn.Module:
+    from torch.nn.utils import parametrize
+
+    m = nn.Sequential(nn.Flatten(), nn.Linear(12, 12), nn.ReLU(), nn.Linear(12, 4))
+    parametrize.register_parametrization(m[1], "weight", _Symmetric())
+    return m
+
+
+class StdConv2d(nn.Conv2d):
+    """Weight standardisation in ``forward`` (the BiT / NF-Net pattern), written like timm's."""
+
+    def forward(self, x):
+        w = F.batch_norm(self.weight.reshape(1, self.out_channels, -1), None, None, training=True,
+                         momentum=0.0, eps=1e-6).reshape_as(self.weight)
+        return F.conv2d(x, w, self.bias, self.stride, self.padding, self.dilation, self.groups)
+
+
+class ScaledStdConv2d(nn.Conv2d):
+    """Standardisation times a learnt per-channel gain (NF-Net)."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.gain = nn.Parameter(torch.rand(self.out_channels, 1, 1, 1) + 0.5)
+
+    def forward(self, x):
+        w = self.weight
+        w = self.gain * (w - w.mean((1, 2, 3), keepdim=True)) / (w.std((1, 2, 3), keepdim=True) + 1e-5)
+        return F.conv2d(x, w, self.bias, self.stride, self.padding)
+
+
+class StdConvNet(nn.Module):
+    """Only weight-standardised convs, and a head."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = StdConv2d(3, 8, 3, padding=1, bias=False)
+        self.conv = ScaledStdConv2d(8, 8, 3, padding=1)
+        self.head = nn.Linear(8, 5)
+
+    def forward(self, x):
+        x = F.relu(self.conv(F.relu(self.stem(x))))
+        return self.head(x.mean((2, 3)))
+
+
+class GainNormLinear(nn.Module):
+    """``g * v / ||v||`` computed in ``forward`` and fed to ``F.linear`` (weight norm by hand)."""
+
+    def __init__(self):
+        super().__init__()
+        self.g = nn.Parameter(torch.rand(6, 1) + 0.5)
+        self.v = nn.Parameter(torch.randn(6, 48))
+        self.b = nn.Parameter(torch.zeros(6))
+
+    def forward(self, x):
+        return F.linear(x.flatten(1), self.g * self.v / self.v.norm(dim=1, keepdim=True), self.b)
+
+
+COMPUTED = {
+    "weight_norm": (weight_norm_new, (2, 3, 8, 8), ["0", "3"]),
+    "spectral_norm": (spectral_norm_new, (2, 3, 8, 8), ["0", "3"]),
+    "weight_norm_legacy": (weight_norm_legacy, (2, 3, 8, 8), ["0", "3"]),
+    "weight_norm_legacy_after_forward": (weight_norm_legacy_after_forward, (2, 3, 8, 8), ["0", "3"]),
+    "spectral_norm_legacy": (spectral_norm_legacy, (2, 3, 8, 8), ["0", "3"]),
+    "custom_parametrization": (custom_parametrization, (2, 3, 2, 2), ["1", "3"]),
+    "std_conv": (StdConvNet, (2, 3, 8, 8), ["stem.weight", "conv.weight", "head"]),
+    "gain_norm_linear": (GainNormLinear, (2, 3, 4, 4), ["v"]),
+}
+
+
+def build_computed(name: str, seed: int = 0):
+    factory, shape, names = COMPUTED[name]
+    torch.manual_seed(seed)
+    model = factory().eval()
+    x = torch.randn(shape, generator=torch.Generator().manual_seed(seed + 1))
+    return model, x, names

@@ -153,12 +153,14 @@ def test_conv_subclass_with_its_own_forward_keeps_it():
 
     torch.manual_seed(0)
     model, x = M().eval(), torch.randn(4, 3, 8, 8)
-    traced = fxquant.quantize(model, 8)  # traced through: the weight feeds F.conv2d, packed
-    assert isinstance(traced.block.conv.weight, torch.Tensor)
+    traced = fxquant.quantize(model, 8)  # traced through: the standardised weight is folded and packed
+    assert isinstance(traced.block.conv.weight, fxquant.PackedWeight)
+    assert fxquant.report(traced).float_weights == {}
     with torch.no_grad():
         assert float((traced(x) - model(x)).abs().max()) < 0.05
     leaf = fxquant.quantize(model, 8, leaf_modules=["block"])  # inside a leaf: kept float, not broken
     assert type(leaf.block.conv) is StdConv2d
+    assert fxquant.report(leaf).float_weights == {"block.conv.weight": 8 * 3 * 3 * 3}  # and reported
     with torch.no_grad():
         assert torch.allclose(leaf(x), fxquant.quantize(model, {"fc": 8}, leaf_modules=["block"])(x))
 

@@ -32,7 +32,8 @@ import sys
 from pathlib import Path
 
 from fxquant.data.images import TEST_FRACTION, LabelledImages, accuracy, load_data, stats_loader
-from fxquant.cli.models import build_model, check_file, check_model_spec, load_checkpoint, load_weights
+from fxquant.cli.models import (build_model, check_file, check_model_spec, is_timm_spec, load_checkpoint,
+                                load_weights)
 from fxquant.cli.output import CliError, error_text, one_line, one_line_warnings, progress_logging, say
 from fxquant.cli.recorded import check_model_size, check_recorded, recorded_builder
 from fxquant.cli.parser import DEFAULT_CALIB, build_parser
@@ -94,6 +95,7 @@ def _cmd_compress(args) -> int:
     num_classes = args.num_classes or (recorded_classes if isinstance(recorded_classes, int) else 10)
     kwargs = ckpt_meta.get("model_kwargs")
     model_kwargs = dict(kwargs) if isinstance(kwargs, dict) and spec == ckpt_meta.get("model") else {}
+    model_kwargs.update(_in_chans(args, spec))
     model = build_model(spec, num_classes, model_kwargs)
     load_weights(model, state, args.checkpoint, spec, num_classes)
 
@@ -239,6 +241,15 @@ def _bounded_scalars(values: dict, limit: int = 4096) -> bool:
                for v in values.values())
 
 
+def _in_chans(args, spec: str) -> dict:
+    """``{"in_chans": N}`` from ``--in-chans`` (timm models only), else nothing."""
+    if getattr(args, "in_chans", None) is None:
+        return {}
+    if not is_timm_spec(spec):
+        raise CliError(f"--in-chans applies to --model timm:NAME only, not {spec!r}")
+    return {"in_chans": args.in_chans}
+
+
 def _eval_model(args, header: dict, meta: dict):
     """``(spec, build)`` for eval: a recorded spec only through the allow-list, sizes checked on ``meta``."""
     spec = args.model or meta.get("model")
@@ -253,6 +264,8 @@ def _eval_model(args, header: dict, meta: dict):
     rec = check_recorded(meta, args.file, builder)
     num_classes = args.num_classes or rec["num_classes"] or 10
     model_kwargs = rec["model_kwargs"] if spec == meta.get("model") else {}
+    if builder is None:
+        model_kwargs = {**model_kwargs, **_in_chans(args, spec)}
     if builder is None and not _bounded_scalars(model_kwargs):
         raise CliError(f"{args.file} records unusable model arguments; pass --model to rebuild it")
 

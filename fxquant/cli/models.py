@@ -1,6 +1,7 @@
 """The model side of the ``fxquant`` command line: architectures by name, float checkpoints.
 
-:func:`build_model` builds a torchvision classifier by name or any
+:func:`build_model` builds a torchvision classifier by name, a timm architecture as
+``timm:NAME`` (:func:`build_timm_model`, never pretrained), or any
 ``module:function`` (importable from the current directory);
 :func:`check_model_spec` rejects a bad name early, with suggestions.
 :func:`load_checkpoint` reads float weights with ``torch.load(weights_only=True)``
@@ -20,7 +21,8 @@ from pathlib import Path
 
 from fxquant.cli.output import CliError, one_line
 
-__all__ = ["check_model_spec", "build_model", "check_file", "load_checkpoint", "load_weights"]
+__all__ = ["check_model_spec", "build_model", "check_file", "load_checkpoint", "load_weights", "TIMM_PREFIX",
+           "is_timm_spec", "check_timm_name", "build_timm_model"]
 
 
 @contextlib.contextmanager
@@ -45,6 +47,9 @@ def _torchvision_names() -> list[str]:
 
 def check_model_spec(spec: str) -> None:
     """Fail early (one line) on an unknown torchvision name or a malformed ``module:function``."""
+    if is_timm_spec(spec):
+        check_timm_name(spec[len(TIMM_PREFIX):])
+        return
     if ":" in spec:
         module, _, func = spec.partition(":")
         if not module or not func:
@@ -64,6 +69,11 @@ def build_model(spec: str, num_classes: int, model_kwargs: dict | None = None):
 
     check_model_spec(spec)
     kwargs = dict(model_kwargs or {})
+    if is_timm_spec(spec):
+        unknown = sorted(set(kwargs) - {"in_chans"})
+        if unknown:
+            raise CliError(f"--model {spec}: unexpected model arguments {unknown} (only in_chans)")
+        return build_timm_model(spec[len(TIMM_PREFIX):], num_classes, kwargs.get("in_chans", 3))
     if ":" not in spec:
         import torchvision
 
@@ -102,6 +112,51 @@ def build_model(spec: str, num_classes: int, model_kwargs: dict | None = None):
                 raise CliError(f"--model {spec}: {func_name}({args}) failed: {type(e).__name__}: {e}") from e
         if not isinstance(model, nn.Module):
             raise CliError(f"--model {spec}: {func_name}() returned a {type(model).__name__}, not an nn.Module")
+    return model.eval()
+
+
+# ----------------------------------------------------------------------------- timm
+
+TIMM_PREFIX = "timm:"
+_MAX_IN_CHANS = 1024
+
+
+def is_timm_spec(spec) -> bool:
+    """Whether ``spec`` is ``timm:NAME`` (a timm architecture built with ``pretrained=False``)."""
+    return isinstance(spec, str) and spec.startswith(TIMM_PREFIX)
+
+
+def _timm():
+    try:
+        import timm
+    except ImportError as e:
+        raise CliError("--model timm:NAME needs the timm package (pip install timm)") from e
+    return timm
+
+
+def check_timm_name(name: str) -> None:
+    """Fail (one line, with suggestions) unless ``name`` is a timm architecture."""
+    timm = _timm()
+    if not name or not timm.is_model(name):
+        close = difflib.get_close_matches(name, timm.list_models(), n=3)
+        hint = f"; did you mean {', '.join(close)}?" if close else " (see timm.list_models())"
+        raise CliError(f"unknown timm model {name!r}{hint}")
+
+
+def build_timm_model(name: str, num_classes: int, in_chans: int = 3):
+    """A freshly initialised timm ``name`` with ``in_chans`` input channels, in eval mode.
+
+    Always ``pretrained=False``: nothing is downloaded, the weights come from the
+    checkpoint (``compress``) or the .fxq file (``eval``).
+    """
+    check_timm_name(name)
+    if isinstance(in_chans, bool) or not isinstance(in_chans, int) or not 1 <= in_chans <= _MAX_IN_CHANS:
+        raise CliError(f"--in-chans must be an integer in 1..{_MAX_IN_CHANS}, got {in_chans!r}")
+    try:
+        model = _timm().create_model(name, pretrained=False, num_classes=num_classes, in_chans=in_chans)
+    except Exception as e:  # noqa: BLE001 - reported as one line
+        raise CliError(f"cannot build timm:{name}(num_classes={num_classes}, in_chans={in_chans}): "
+                       f"{type(e).__name__}: {one_line(str(e), 300)}") from e
     return model.eval()
 
 

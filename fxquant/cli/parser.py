@@ -60,10 +60,14 @@ def _margin(text: str) -> float:
 
 def _add_input_options(p: argparse.ArgumentParser, *, for_eval: bool) -> None:
     was = " (default: as recorded in the .fxq file)" if for_eval else ""
-    p.add_argument("--model", metavar="NAME|MODULE:FUNCTION",
-                   help="a torchvision classifier name (resnet18, mobilenet_v3_small, ...) or module:function "
+    p.add_argument("--model", metavar="NAME|timm:NAME|MODULE:FUNCTION",
+                   help="a torchvision classifier name (resnet18, mobilenet_v3_small, ...), timm:NAME for a timm "
+                        "architecture (built with pretrained=False), or module:function "
                         "returning the nn.Module (the current directory is importable)"
                         + (was if for_eval else "; default: the checkpoint's 'model' entry"))
+    p.add_argument("--in-chans", type=_positive_int, metavar="N",
+                   help="input channels of a timm:NAME model" + (was if for_eval else
+                                                                 " (default: the checkpoint's, else 3)"))
     p.add_argument("--num-classes", type=_positive_int, metavar="N",
                    help="number of classes" + (was if for_eval else " (default: the checkpoint's, else 10)"))
     p.add_argument("--image-size", type=_image_size, metavar="N|HxW",

@@ -100,6 +100,21 @@ def _torchvision_builder(name: str) -> Builder:
                    functools.partial(torchvision.models.get_model, name, weights=None))
 
 
+def _timm_names() -> frozenset[str]:
+    try:
+        import timm
+    except ImportError:
+        return frozenset()
+    return frozenset(timm.list_models())
+
+
+def _timm_builder(name: str) -> Builder:
+    from fxquant.cli.models import build_timm_model
+
+    return Builder(f"timm:{name}", {"in_chans": Arg(int, 1, MAX_CHANNELS)},
+                   functools.partial(build_timm_model, name))
+
+
 # The allow-list, in two tables. Exact specs: the recorded string -> where the class lives now
 # (a spec stays valid when the code moves).
 RECORDED_BUILDERS: dict[str, Builder] = {
@@ -110,6 +125,7 @@ RECORDED_BUILDERS: dict[str, Builder] = {
 # A spec matches when it is the prefix followed by exactly one listed name ("resnet18", "timm:NAME").
 RECORDED_FAMILIES: dict[str, tuple[Callable[[], frozenset[str]], Callable[[str], Builder]]] = {
     "": (_torchvision_names, _torchvision_builder),
+    "timm:": (_timm_names, _timm_builder),
 }
 
 

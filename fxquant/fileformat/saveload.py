@@ -152,7 +152,7 @@ def _working_copy(model: nn.Module, training: bool = False) -> nn.Module:
     bad = {name for name, t in tensors if t.is_floating_point() and not bool(torch.isfinite(t).all())}
     if model.training == training and not bad:
         return model  # fxquant.quantize copies it anyway
-    work = copy.deepcopy(model).train(training)
+    work = passes.reparam.copy_model(model).train(training)
     gen = torch.Generator().manual_seed(0)
     with torch.no_grad():
         for name, t in [*work.named_parameters(), *work.named_buffers()]:

@@ -33,7 +33,7 @@ class LayerReport:
 @dataclass(frozen=True)
 class CompressionReport:
     layers: tuple[LayerReport, ...]  # execution order
-    average_bits: float  # eq. 5; float layers count as 32 bits
+    average_bits: float  # eq. 5; float layers, and float weights no layer names, count as 32 bits
     packed_bytes: int  # integer weight bytes
     float32_bytes: int  # the packed layers' weights as float32 (layers kept float excluded)
     grid_bytes: int  # per-channel scales and zero points
@@ -45,6 +45,10 @@ class CompressionReport:
     seconds: float | None = None
     evaluation: str | None = None
     settings: dict | None = None
+    # Conv/linear/attention weights left float, counted by module type and graph, not by the layer
+    # finder (fxquant.passes.coverage): parameter path -> elements. None in reports of older files.
+    float_weights: dict[str, int] | None = None
+    float_fraction: float | None = None  # their share of all conv/linear/attention weight elements
 
     @property
     def compression_ratio(self) -> float:
@@ -84,6 +88,10 @@ class CompressionReport:
         rows.append(f"average bits (eq. 5): {self.average_bits:.3f}   weights: "
                     f"{self.float32_bytes / mb:.2f} MiB float32 -> {self.packed_bytes / mb:.2f} MiB packed "
                     f"+ {self.grid_bytes / 1024:.1f} KiB scales ({self.compression_ratio:.1f}x)")
+        if self.float_weights:
+            names = list(self.float_weights)
+            rows.append(f"left float: {self.float_fraction:.1%} of the conv/linear/attention weight elements "
+                        f"({len(names)} tensors: {', '.join(names[:6])}{', ...' if len(names) > 6 else ''})")
         if self.final_value is not None:
             rows.append(f"oracle: float {self.float_value:.3f}, 8-bit {self.baseline_value:.3f}, "
                         f"final {self.final_value:.3f}   {self.oracle_calls} oracle calls, "
@@ -104,7 +112,10 @@ def report(qmodel: fx.GraphModule) -> CompressionReport:
                                importance=i.importance, margin=i.margin, bits=i.bits, accuracy=i.accuracy)
                    for i in infos)
     storage = weight_storage(qmodel)
-    avg = average_bits([i.params for i in infos], [FLOAT_BITS if i.bits is None else i.bits for i in infos])
+    coverage = passes.weight_coverage(qmodel)
+    missed = list(coverage.missed.values())  # weights no layer names: float too, so 32 bits in eq. 5
+    avg = average_bits([i.params for i in infos] + missed,
+                       [FLOAT_BITS if i.bits is None else i.bits for i in infos] + [FLOAT_BITS] * len(missed))
     summary = getattr(qmodel, "meta", {}).get("fxquant")
     extra = {}
     if summary is not None:
@@ -115,4 +126,5 @@ def report(qmodel: fx.GraphModule) -> CompressionReport:
                      settings=json.loads(json.dumps(asdict(summary.config))))  # JSON-shaped
     return CompressionReport(layers=layers, average_bits=avg, packed_bytes=storage.packed_bytes,
                              float32_bytes=storage.float32_bytes, grid_bytes=storage.grid_bytes,
+                             float_weights=coverage.float_weights, float_fraction=coverage.float_fraction,
                              **extra)
