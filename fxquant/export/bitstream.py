@@ -140,7 +140,7 @@ def bitstream_nodes(prefix: str, packed, output: str, shared: dict[str, TensorPr
         numpy_helper.from_array(zero_point.reshape(grid_shape), f"{p}_zero_point"),
         numpy_helper.from_array(scale.reshape(grid_shape), f"{p}_scale"),
     ]
-    n = lambda op, ins, out, **kw: helper.make_node(op, ins, [out], name=out, **kw)  # noqa: E731
+    n = lambda op, ins, out, **kw: helper.make_node(op, ins, [out], **kw)  # noqa: E731
     nodes = [
         n("Cast", [f"{p}_bitstream"], f"{p}_i32", to=TensorProto.INT32),
         n("Pad", [f"{p}_i32", f"{p}_pad"], f"{p}_padded"),
