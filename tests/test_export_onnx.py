@@ -2,6 +2,7 @@
 the file stores the codes (no float copy of a quantized weight), sizes are as promised, errors name
 what is wrong."""
 
+import json
 import math
 
 import numpy as np
@@ -254,3 +255,37 @@ def test_cli_export(tmp_path, capsys):
         assert _rel_diff(onnx_predict(session, x), qmodel(x)) <= 1e-5
     assert main(["export", str(tmp_path / "m.fxq"), "--onnx", str(tmp_path / "n.onnx"), "--opset", "20"]) == 1
     assert "needs opset >= 21" in capsys.readouterr().err
+
+
+def _bench():
+    import importlib
+
+    return importlib.import_module("benchmarks.onnx_export")
+
+
+@pytest.mark.slow
+def test_benchmark_smoke_run(tmp_path):
+    """The EuroSAT benchmark script end to end on random weights and data (about 10 s of CPU)."""
+    out = tmp_path / "o.json"
+    code = _bench().main(["--smoke", "--models", "mobilenet_v3_small", "--out-json", str(out), "--markdown",
+                          str(tmp_path / "o.md"), "--rounds", "1", "--min-seconds", "0.01", "--threads", "1"])
+    data = json.loads(out.read_text())
+    entry = data["models"][0]
+    assert code == 0 and all(entry["targets"].values())
+    assert set(entry["bits_used"]) <= set(ONNX_NATIVE_BITS)
+    assert set(entry["versions"]) == set(_bench().VERSIONS)
+    assert "| ONNX bit-stream | .onnx |" in (tmp_path / "o.md").read_text()
+
+
+def test_benchmark_markdown_from_json():
+    row = {"file": ".onnx", "file_bytes": 3 * 2**20, "accuracy": 96.5, "ms_batch1": 4.0, "ratio_batch1": 1.2,
+           "ms_batch64": 90.0, "ratio_batch64": 0.9}
+    data = {"setup": {"date": "d", "torch": "t", "onnxruntime": "o", "threads": 2, "rounds": 9},
+            "models": [{"model": "resnet18", "average_bits": 3.5, "bits_used": [2, 4, 8], "dq_weight_bytes": 10,
+                        "ideal_weight_bytes": 10, "dq_grid_bytes": 2, "test_images": 5400,
+                        "versions": {v: row for v in _bench().VERSIONS},
+                        "targets": {"weight_bytes_le_1.05x_ideal": True, "onnx_accuracy_equals_pytorch": False}}]}
+    text = _bench().render_markdown(data)
+    assert "## ONNX export (EuroSAT, onnxruntime)" in text
+    assert text.count("| 3.00 MiB | 96.50% | 4.00 (1.20x) | 90.0 (0.90x) |") == 5
+    assert "onnx_accuracy_equals_pytorch: MISSED" in text
