@@ -82,7 +82,8 @@ def native_nodes(prefix: str, packed, output: str) -> tuple[list, list, int, int
     grid_dims = [scale.size] if per_channel else []
     inits.append(numpy_helper.from_array(scale.reshape(grid_dims), f"{prefix}_scale"))
     zp = zero_point.astype(np.uint8) if integral else np.zeros_like(zero_point, dtype=np.uint8)
-    inits.append(_raw(f"{prefix}_zero_point", data_type, grid_dims, pack(torch.from_numpy(zp), width).numpy().tobytes()))
+    zp_raw = pack(torch.from_numpy(zp), width).numpy().tobytes()
+    inits.append(_raw(f"{prefix}_zero_point", data_type, grid_dims, zp_raw))
     attrs = {"axis": 0} if per_channel else {}
     grid_bytes = len(inits[1].raw_data) + len(inits[2].raw_data)
     if integral:

@@ -65,19 +65,22 @@ def compare_onnx(qmodel: nn.Module, path_or_session, loader) -> OnnxCheck:
 def onnx_demo_step(qmodel: nn.Module, path, loader, fxq_bytes: int) -> tuple[dict, list[str]]:
     """Export ``qmodel`` to ``path`` (shape from the first batch), check it on ``loader``.
 
-    Returns a JSON-ready summary and the lines the demo prints.
+    The demo's search uses all widths 1..8, so the file is written with
+    ``packing="bitstream"`` (exact size at every width). Returns a JSON-ready
+    summary and the lines the demo prints.
     """
     first = next(iter(loader))[0][:1]
-    result = export_onnx(qmodel, path, example_input=first)
+    result = export_onnx(qmodel, path, example_input=first, packing="bitstream")
     check = compare_onnx(qmodel, result.path, loader)
     summary = {"onnx_file_bytes": result.file_bytes, "onnx_opset": result.opset,
                "onnx_test_accuracy": check.onnx_accuracy, "onnx_agreeing_predictions": check.agreeing,
                "onnx_max_rel_diff": check.max_rel_diff}
     same = "the same as PyTorch's" if check.agreeing == check.images else \
         f"{check.images - check.agreeing} prediction(s) differ from PyTorch's"
-    lines = [f"onnxruntime ({Path(result.path).name}, opset {result.opset}): held-out top-1 "
+    lines = [f"onnxruntime ({Path(result.path).name}, opset {result.opset}, bit-stream weights): held-out top-1 "
              f"{check.onnx_accuracy:.2f}% on {check.images:,} images, {same} (max relative logit difference "
              f"{check.max_rel_diff:.1e})",
-             f"files: model.fxq {fxq_bytes / 1024:.1f} KiB, {Path(result.path).name} {result.file_bytes / 1024:.1f} KiB "
+             f"files: model.fxq {fxq_bytes / 1024:.1f} KiB, {Path(result.path).name} "
+             f"{result.file_bytes / 1024:.1f} KiB "
              f"(codes {result.weight_bytes / 1024:.1f} KiB for {result.ideal_bytes / 1024:.1f} KiB of packed bits)"]
     return summary, lines

@@ -125,7 +125,7 @@ def _example_inputs(example_input, input_shape) -> tuple[torch.Tensor, ...]:
     inputs = tuple(example_input) if isinstance(example_input, (tuple, list)) else (example_input,)
     if not inputs or not all(isinstance(t, torch.Tensor) for t in inputs):
         raise ValueError(f"example_input must be a tensor or a tuple of tensors, got {type(example_input).__name__}")
-    return tuple(t.detach() for t in inputs)
+    return tuple(t.detach().cpu() for t in inputs)
 
 
 def _trace(twin: nn.Module, inputs, input_names, output_names) -> onnx.ModelProto:
@@ -176,7 +176,7 @@ def _key(array: np.ndarray) -> tuple:
 
 def _replace_weights(model: onnx.ModelProto, weights, packing: str, name_of) -> tuple[list[ExportedLayer], set]:
     """Swap each quantized weight's float initializer for its decoder; returns the layers and added names."""
-    by_value = {_key(w.parameter.detach().numpy()): w for w in weights}
+    by_value = {_key(w.parameter.detach().cpu().numpy()): w for w in weights}
     hits: dict[str, list[tuple[str, int, str]]] = {}
     for kind, index, name, tensor in _float_arrays(model):
         w = by_value.get(_key(numpy_helper.to_array(tensor)))
@@ -250,7 +250,9 @@ def export_onnx(qmodel: nn.Module, path, *, example_input=None, input_shape=None
             ``DequantizeLinear``) or ``"bitstream"`` (widths 1, 3, 5, 6, 7 as an exact
             uint8 bit-stream unpacked in the graph; 2, 4, 8 as in ``"container"``).
 
-    Run it with :func:`fxquant.export.onnx_session`, which keeps onnxruntime's
+    The graph is traced on the CPU in eval mode (batch norm with running
+    statistics, no dropout), whatever mode ``qmodel`` is in. Run it with
+    :func:`fxquant.export.onnx_session`, which keeps onnxruntime's
     results exact. Layers stored in a wider container are logged as a warning
     and listed in ``ExportResult.wider_layers``.
     """
@@ -296,14 +298,14 @@ def export_onnx(qmodel: nn.Module, path, *, example_input=None, input_shape=None
                           weight_bytes=sum(layer.code_bytes for layer in layers),
                           ideal_bytes=sum(layer.ideal_bytes for layer in layers),
                           grid_bytes=sum(layer.grid_bytes for layer in layers), float_bytes=other_bytes,
-                          layers=tuple(layers),
-                          float_layers=float_layers)
-    if result.wider_layers:
+                          layers=tuple(layers), float_layers=float_layers)
+    wider = result.wider_layers
+    if wider:
         log.warning("fxquant: ONNX has no %s-bit type: %s stored in wider containers (codes %d B, %d B at their "
                     "own widths); use packing='bitstream' for the exact size, or search with "
                     "candidates=ONNX_NATIVE_BITS",
-                    "/".join(str(b) for b in sorted({layer.bits for layer in result.wider_layers})),
-                    ", ".join(f"{layer.name} ({layer.bits}->{layer.stored_bits} bits)" for layer in result.wider_layers),
+                    "/".join(str(b) for b in sorted({layer.bits for layer in wider})),
+                    ", ".join(f"{layer.name} ({layer.bits}->{layer.stored_bits} bits)" for layer in wider),
                     result.weight_bytes, result.ideal_bytes)
     if float_layers:
         log.info("fxquant: layers left float in the ONNX file: %s", ", ".join(float_layers))

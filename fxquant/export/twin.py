@@ -126,7 +126,7 @@ def float_twin(qmodel: nn.Module) -> tuple[nn.Module, list[TwinWeight]]:
     mapping), and for a ``PackedWeight`` called by code outside a ``torch.fx``
     graph (it cannot be turned back into a Parameter).
     """
-    twin = copy.deepcopy(qmodel).eval()
+    twin = copy.deepcopy(qmodel).cpu().eval()  # exported on the CPU, in eval mode
     builder = _Twin()
     swapped_modules: set[str] = set()
     swapped_params: set[str] = set()
