@@ -198,6 +198,8 @@ def test_argument_errors(tmp_path):
         export_onnx(qmodel, tmp_path / "m.onnx", example_input=x, packing="dense")
     with pytest.raises(ValueError, match="needs opset >= 25"):
         export_onnx(qmodel, tmp_path / "m.onnx", example_input=x, opset=21)
+    with pytest.raises(ValueError, match="newer than this onnx package"):
+        export_onnx(qmodel, tmp_path / "m.onnx", example_input=x, opset=999)
     with pytest.raises(ValueError, match="not both"):
         export_onnx(qmodel, tmp_path / "m.onnx", example_input=x, input_shape=(1, 6))
 

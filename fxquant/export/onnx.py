@@ -268,6 +268,8 @@ def export_onnx(qmodel: nn.Module, path, *, example_input=None, input_shape=None
     elif isinstance(opset, bool) or not isinstance(opset, int) or opset < need:
         raise ValueError(f"opset={opset!r} cannot store the widths {sorted({w.bits for w in weights})} with "
                          f"packing={packing!r}: it needs opset >= {need}")
+    elif opset > onnx.defs.onnx_opset_version():
+        raise ValueError(f"opset={opset} is newer than this onnx package knows ({onnx.defs.onnx_opset_version()})")
     try:
         graph_layers = find_layers(twin) if hasattr(twin, "graph") else []
     except Exception:  # noqa: BLE001 - the float-layer list is informative only
