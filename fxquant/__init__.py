@@ -18,6 +18,7 @@ from fxquant.nn.storage import WeightStorage, state_dict_bytes, weight_storage
 from fxquant.core.quantizer import QuantizedWeight, dequantize, fake_quantize, quantize_weight
 from fxquant.api import compress, quantizable_layers, quantize
 from fxquant.fileformat.saveload import FxqFormatError, load, save
+from fxquant.export.onnx import export_onnx
 from fxquant.reporting.draw import draw
 from fxquant.reporting.plot import plot
 from fxquant.reporting.report import CompressionReport, report
@@ -54,6 +55,7 @@ __all__ = [
     "save",
     "load",
     "FxqFormatError",
+    "export_onnx",
     "plot",
     "draw",
 ]

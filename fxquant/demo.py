@@ -397,11 +397,15 @@ def run_demo(out: str | Path = "fxquant-demo", *, seed: int = 0, data: str | Pat
         "average_bits": report.average_bits, "bits": {lay.name: lay.bits for lay in report.layers},
         "float32_state_dict_bytes": float_bytes, "fxq_file_bytes": fxq_bytes,
     }
+    from fxquant.export.check import onnx_demo_step  # the ONNX step (issue 16)
+
+    onnx_summary, onnx_lines = onnx_demo_step(qmodel, out / "model.onnx", test, fxq_bytes)
+    summary.update(onnx_summary)
     report_path = out / "report.json"
     report_path.write_text(json.dumps({**report.to_dict(), "demo": summary, "metadata": metadata}, indent=1))
     drawing = draw(qmodel, out / "graph.svg",
                           title=f"DemoCNN ({dataset.kind} data): average {report.average_bits:.2f} bits")
-    written = [fxq_path.name, ckpt_path.name, report_path.name, drawing.svg.name, drawing.html.name]
+    written = [fxq_path.name, "model.onnx", ckpt_path.name, report_path.name, drawing.svg.name, drawing.html.name]
     plot_note = ""
     try:
         fxquant.plot(report, out / "report.png", sweep=sweep,
@@ -425,6 +429,8 @@ def run_demo(out: str | Path = "fxquant-demo", *, seed: int = 0, data: str | Pat
          f"packed + {report.grid_bytes / 1024:.1f} KiB scales ({report.compression_ratio:.1f}x); "
          f"model {float_bytes / 1024:.1f} KiB float32 -> {fxq_bytes / 1024:.1f} KiB .fxq file "
          f"({float_bytes / fxq_bytes:.1f}x)")
+    for line in onnx_lines:
+        say(line)
     if plot_note:
         say(plot_note)
     say(f"wrote {out}/: {', '.join(written)}")

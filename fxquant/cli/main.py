@@ -1,4 +1,4 @@
-"""The ``fxquant`` command line: ``compress``, ``inspect``, ``eval`` and ``demo``.
+"""The ``fxquant`` command line: ``compress``, ``inspect``, ``eval``, ``demo`` and ``export``.
 
 ::
 
@@ -7,6 +7,7 @@
     fxquant inspect model.fxq                  # per-layer table and sizes, from the file's header only
     fxquant eval model.fxq --data PATH [--checkpoint ckpt.pt]   # top-1 on the held-out test split
     fxquant demo [--out DIR] [--data PATH] [--seed N] [--quick]
+    fxquant export model.fxq --onnx model.onnx [--packing container|bitstream]   # see fxquant.cli.export
 
 Data (``--data``) is a EuroSAT root (the ``fxquant.data.eurosat`` layout, ``<root>/eurosat/2750``)
 or any ImageFolder (``<root>/<class>/<image>``). Images are split 80/20 per class with a
@@ -347,7 +348,14 @@ def _cmd_demo(args) -> int:
     return 0
 
 
-_COMMANDS = {"compress": _cmd_compress, "inspect": _cmd_inspect, "eval": _cmd_eval, "demo": _cmd_demo}
+def _cmd_export(args) -> int:
+    from fxquant.cli.export import cmd_export
+
+    return cmd_export(args)
+
+
+_COMMANDS = {"compress": _cmd_compress, "inspect": _cmd_inspect, "eval": _cmd_eval, "demo": _cmd_demo,
+             "export": _cmd_export}
 
 
 def main(argv: list[str] | None = None) -> int:

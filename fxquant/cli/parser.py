@@ -88,7 +88,7 @@ def _add_input_options(p: argparse.ArgumentParser, *, for_eval: bool) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The ``fxquant`` argument parser (subcommands compress, inspect, eval, demo)."""
+    """The ``fxquant`` argument parser (subcommands compress, inspect, eval, demo, export)."""
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("-q", "--quiet", action="store_true", default=argparse.SUPPRESS,
                         help="no progress output (results and errors only)")
@@ -153,4 +153,8 @@ def build_parser() -> argparse.ArgumentParser:
                                                        "training (default: 0)")
     p.add_argument("--epochs", type=_positive_int, metavar="N", help="training epochs (default: 6; --quick: 3)")
     p.add_argument("--quick", action="store_true", help="tiny sizes (a few seconds; for tests)")
+
+    from fxquant.cli.export import add_export_parser  # here: the export module imports this one
+
+    add_export_parser(sub, common)
     return parser
