@@ -15,6 +15,7 @@ from fxquant.engine import distributed as fxdist
 from fxquant.core.config import QuantConfig
 from fxquant.nn.modules import quant_module_for
 from fxquant.engine.oracle import AccuracyOracle
+from fxquant.logs import ensure_progress_output
 from fxquant.passes.calibrate import sequential_quantize
 from fxquant.passes.search import layer_quantizer, search_bits
 from fxquant.schema import SearchConfig
@@ -104,17 +105,6 @@ def _check_mapping(gm: fx.GraphModule, layers: list[passes.Layer], mapping) -> N
                                  f"({path}) in the mapping")
 
 
-def _ensure_progress_output() -> None:
-    """Show the search's per-layer progress lines when the application configured no logging."""
-    logger = logging.getLogger("fxquant")
-    if logger.level == logging.NOTSET:
-        logger.setLevel(logging.INFO)
-    if not logger.handlers and not logging.getLogger().handlers:
-        handler = logging.StreamHandler()
-        handler.setFormatter(logging.Formatter("%(message)s"))
-        logger.addHandler(handler)
-
-
 def _search_config(config: SearchConfig | None, options: dict) -> SearchConfig:
     if config is not None and not isinstance(config, SearchConfig):
         raise ValueError(f"config must be a SearchConfig, got {type(config).__name__}")
@@ -168,7 +158,7 @@ def compress(model: nn.Module, calib_loader: Iterable | None = None, *, oracle: 
     elif not callable(oracle):
         raise ValueError(f"oracle must be callable(model) -> float, got {type(oracle).__name__}")
     if verbose and (comm is None or comm.is_main):  # the other ranks keep the application's logging
-        _ensure_progress_output()
+        ensure_progress_output()
     work = copy.deepcopy(model).eval()
     gm = passes.trace(work, leaf_modules=leaf_modules, copy_model=False)
     layers = passes.find_layers(gm)
