@@ -48,7 +48,7 @@ import torch
 
 from fxquant._version import __version__
 
-__all__ = ["FxqFormatError", "MAGIC", "FORMAT_VERSION", "DTYPES", "DTYPE_NAMES", "KINDS", "check_fields",
+__all__ = ["FxqFormatError", "MAGIC", "FORMAT_VERSION", "FRAMING_BYTES", "DTYPES", "DTYPE_NAMES", "KINDS", "check_fields",
            "tensor_identity", "pack_tensors", "write_container", "read_container", "check_tensors",
            "unpack_tensors"]
 
@@ -69,6 +69,8 @@ DTYPES: dict[str, torch.dtype] = {
 DTYPE_NAMES = {dtype: name for name, dtype in DTYPES.items()}
 _PREAMBLE = struct.Struct("<8sIQ")  # magic, format version, header length
 _DIGEST = 32  # sha256
+#: Bytes of a file outside its JSON header and its data section (preamble + header digest).
+FRAMING_BYTES = _PREAMBLE.size + _DIGEST
 _ALIGN = 8
 
 
