@@ -12,7 +12,7 @@ from torch import fx, nn
 from fxquant import passes
 from fxquant.core.calibration import calibration_inputs
 from fxquant.engine import distributed as fxdist
-from fxquant.core.config import QuantConfig
+from fxquant.core.config import QuantConfig, check_bits
 from fxquant.nn.modules import quant_module_for
 from fxquant.engine.oracle import AccuracyOracle
 from fxquant.logs import ensure_progress_output
@@ -27,17 +27,13 @@ FilterFn = Callable[[nn.Module, str], bool]
 log = logging.getLogger("fxquant.api")
 
 
-def _owner_module(gm: fx.GraphModule, layer: passes.Layer) -> nn.Module:
-    return gm.get_submodule(layer.module_path) if layer.module_path else gm
-
-
 def select_layers(gm: fx.GraphModule, layers: list[passes.Layer], filter_fn: FilterFn | None):
     """The layers ``filter_fn(owner_module, layer_name)`` keeps (all when it is None)."""
     if filter_fn is None:
         return list(layers)
     if not callable(filter_fn):
         raise ValueError(f"filter_fn must be callable(module, name) -> bool, got {type(filter_fn).__name__}")
-    return [lay for lay in layers if filter_fn(_owner_module(gm, lay), lay.name)]
+    return [lay for lay in layers if filter_fn(gm.get_submodule(lay.module_path), lay.name)]
 
 
 def quantizable_layers(model: nn.Module, *, leaf_modules: Iterable[str] = ()) -> list[str]:
@@ -78,8 +74,7 @@ def quantize(model: nn.Module, bits: int | dict[str, int | None] = 4, *, config:
         keep = {lay.name for lay in chosen}
         widths = {name: b for name, b in widths.items() if name in keep}
     elif isinstance(bits, int) and not isinstance(bits, bool):
-        if not 1 <= bits <= 8:
-            raise ValueError(f"bits must be in 1..8, got {bits}")
+        check_bits(bits, "bits")
         widths = {lay.name: bits for lay in chosen}
     else:
         raise ValueError(f"bits must be an int or a dict {{layer_name: bits}}, got {type(bits).__name__}")

@@ -11,14 +11,12 @@ oracles are always called on the whole model.
 from __future__ import annotations
 
 import math
-from typing import Callable, Iterable
+from typing import Iterable
 
 import torch
 from torch import nn
 
-__all__ = ["AccuracyOracle", "Oracle", "check_oracle_value"]
-
-Oracle = Callable[[nn.Module], float]
+__all__ = ["AccuracyOracle", "check_oracle_value"]
 
 
 def check_oracle_value(value, who: str = "oracle") -> float:

@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fxquant.core.config import QuantConfig
+from fxquant.core.config import QuantConfig, check_bits
 from fxquant.core.packing import pack, packed_nbytes, unpack
 from fxquant.core.quantizer import QuantizedWeight, dequantize, quantize_weight
 
@@ -51,9 +51,7 @@ class _PackedWeightMixin:
     """Buffers and (de)quantization shared by every packed-weight module."""
 
     def _init_packed(self, weight_shape, bits: int, per_channel: bool = True) -> None:
-        if isinstance(bits, bool) or not isinstance(bits, int) or not 1 <= bits <= 8:
-            raise ValueError(f"{type(self).__name__}: bits must be an int in 1..8, got {bits!r}")
-        self.bits = bits
+        self.bits = check_bits(bits, f"{type(self).__name__}: bits")
         self.weight_shape = tuple(int(s) for s in weight_shape)
         channels = self.weight_shape[0] if per_channel else 1
         numel = math.prod(self.weight_shape)

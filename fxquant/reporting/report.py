@@ -9,12 +9,11 @@ from pathlib import Path
 from torch import fx
 
 from fxquant import passes
-from fxquant.core.importance import average_bits
+from fxquant.core.importance import FLOAT_BITS, average_bits
 from fxquant.nn.storage import weight_storage
 
 __all__ = ["LayerReport", "CompressionReport", "report", "FLOAT_BITS"]
 
-FLOAT_BITS = 32  # what eq. 5 counts for a layer left in float
 
 
 @dataclass(frozen=True)
@@ -104,7 +103,7 @@ def report(qmodel: fx.GraphModule) -> CompressionReport:
                                importance=i.importance, margin=i.margin, bits=i.bits, accuracy=i.accuracy)
                    for i in infos)
     storage = weight_storage(qmodel)
-    avg = average_bits([i.params for i in infos], [FLOAT_BITS if i.bits is None else i.bits for i in infos])
+    avg = average_bits([i.params for i in infos], [i.bits for i in infos])
     summary = getattr(qmodel, "meta", {}).get("fxquant")
     extra = {}
     if summary is not None:
