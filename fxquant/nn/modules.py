@@ -106,6 +106,21 @@ class _PackedWeightMixin:
         weight = self.dequantized_weight()
         return weight if weight.dtype == x.dtype else weight.to(x.dtype)
 
+    @classmethod
+    def _filled_from(cls, module: nn.Module, bits: int, config, name, qweight, make):
+        """``make(per_channel)`` builds the empty quantized module; fill it from ``module``.
+
+        The weight is quantized under ``config`` at ``bits`` unless ``qweight`` (computed
+        beforehand, e.g. by GPTQ) is given, whose grid then decides per-channel or not.
+        """
+        cfg = _config_for(bits, config)
+        q = make(cfg.per_channel if qweight is None else qweight.scale.numel() > 1)
+        if qweight is None:
+            qweight = quantize_weight(module.weight, cfg, name or cls.__name__)
+        q._set_quantized(qweight)
+        q.bias = _bias_copy(module)
+        return q
+
 
 def _config_for(bits: int, config: QuantConfig | None) -> QuantConfig:
     if config is None:
@@ -139,14 +154,8 @@ class QuantLinear(_PackedWeightMixin, nn.Module):
         """Quantize ``module``'s weight to ``bits`` bits (or install ``qweight``); ``name`` labels errors."""
         if not isinstance(module, cls._FLOAT_TYPES):
             raise ValueError(f"{cls.__name__}.from_float expects an nn.Linear, got {type(module).__name__}")
-        cfg = _config_for(bits, config)
-        q = cls(module.in_features, module.out_features, module.bias is not None, bits=bits,
-                per_channel=cfg.per_channel if qweight is None else qweight.scale.numel() > 1)
-        if qweight is None:
-            qweight = quantize_weight(module.weight, cfg, name or cls.__name__)
-        q._set_quantized(qweight)
-        q.bias = _bias_copy(module)
-        return q
+        return cls._filled_from(module, bits, config, name, qweight, lambda per_channel: cls(
+            module.in_features, module.out_features, module.bias is not None, bits=bits, per_channel=per_channel))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.linear(x, self._weight_for(x), self.bias)
@@ -188,16 +197,10 @@ class _QuantConvNd(_PackedWeightMixin, nn.Module):
         if not isinstance(module, cls._FLOAT_TYPES):
             raise ValueError(f"{cls.__name__}.from_float expects {cls._FLOAT_TYPES[0].__name__}, "
                              f"got {type(module).__name__}")
-        cfg = _config_for(bits, config)
-        q = cls(module.in_channels, module.out_channels, module.kernel_size, module.stride,
-                module.padding, module.dilation, module.groups, module.bias is not None,
-                module.padding_mode, bits=bits,
-                per_channel=cfg.per_channel if qweight is None else qweight.scale.numel() > 1)
-        if qweight is None:
-            qweight = quantize_weight(module.weight, cfg, name or cls.__name__)
-        q._set_quantized(qweight)
-        q.bias = _bias_copy(module)
-        return q
+        return cls._filled_from(module, bits, config, name, qweight, lambda per_channel: cls(
+            module.in_channels, module.out_channels, module.kernel_size, module.stride, module.padding,
+            module.dilation, module.groups, module.bias is not None, module.padding_mode, bits=bits,
+            per_channel=per_channel))
 
     def _explicit_padding(self) -> list[int]:
         """Padding for ``F.pad`` (last dim first), used when padding_mode is not zeros."""
