@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import inspect
 import logging
 from typing import Callable, Collection, Iterable
 
@@ -60,7 +61,8 @@ def quantize(model: nn.Module, bits: int | dict[str, int | None] = 4, *, config:
             order with GPTQ rounding and bias correction measured on these inputs
             (at most ``config.calib_samples`` samples). Without it: nearest rounding.
         filter_fn: ``filter_fn(module, layer_name) -> bool``; layers for which it
-            returns False stay float.
+            returns False stay float. A ``bits`` dict naming such a layer (with a
+            width, not ``None``) is a ``ValueError``, as ``compress(keep_8bit=...)``.
         leaf_modules: submodules to keep whole when tracing (see ``fxquant.passes.trace``).
         mapping: float-module class -> quantized class (extends/replaces
             ``fxquant.DEFAULT_QUANT_MODULE_MAPPING``).
@@ -71,8 +73,9 @@ def quantize(model: nn.Module, bits: int | dict[str, int | None] = 4, *, config:
     chosen = select_layers(gm, layers, filter_fn)
     if isinstance(bits, dict):
         widths = passes.validate_bits(bits, layers)
-        keep = {lay.name for lay in chosen}
-        widths = {name: b for name, b in widths.items() if name in keep}
+        excluded = sorted(set(widths) - {lay.name for lay in chosen})
+        if excluded:  # as compress(keep_8bit=...): a width for a layer the filter keeps float is a mistake
+            raise ValueError(f"bits names layers that filter_fn keeps float: {excluded[:5]}")
     elif isinstance(bits, int) and not isinstance(bits, bool):
         check_bits(bits, "bits")
         widths = {lay.name: bits for lay in chosen}
@@ -89,15 +92,38 @@ def quantize(model: nn.Module, bits: int | dict[str, int | None] = 4, *, config:
 
 
 def _check_mapping(gm: fx.GraphModule, layers: list[passes.Layer], mapping) -> None:
-    """Fail before a long search, not after it, when a layer has no quantized module."""
+    """Fail before a long search, not after it, when a layer has no usable quantized module.
+
+    ``rewrite`` calls ``qcls.from_float(module, bits, config, name=..., qweight=...)``:
+    a mapped class must accept that call.
+    """
+    checked = set()
     for layer in layers:
         if layer.how != "module":
             continue
         for path in (layer.param_path, *layer.tied):
             owner = gm.get_submodule(path.rpartition(".")[0])
-            if quant_module_for(owner, mapping) is None:
+            qcls = quant_module_for(owner, mapping)
+            if qcls is None:
                 raise ValueError(f"layer {layer.name}: no quantized module for {type(owner).__name__} "
                                  f"({path}) in the mapping")
+            if qcls not in checked:
+                _check_from_float(qcls, layer.name, owner)
+                checked.add(qcls)
+
+
+def _check_from_float(qcls, layer_name: str, owner: nn.Module) -> None:
+    from_float = getattr(qcls, "from_float", None)
+    if not callable(from_float):
+        raise ValueError(f"layer {layer_name}: the mapping's {getattr(qcls, '__name__', qcls)!r} for "
+                         f"{type(owner).__name__} has no from_float(module, bits, config, name, qweight=...)")
+    try:
+        inspect.signature(from_float).bind(owner, 8, None, name=layer_name, qweight=None)
+    except TypeError as e:
+        raise ValueError(f"layer {layer_name}: {qcls.__name__}.from_float cannot be called as "
+                         f"from_float(module, bits, config, name=..., qweight=...) ({e})") from e
+    except ValueError:
+        pass  # no introspectable signature (e.g. a builtin): the call itself will tell
 
 
 def _search_config(config: SearchConfig | None, options: dict) -> SearchConfig:
