@@ -136,6 +136,13 @@ class SearchConfig:
 
 @dataclass(frozen=True)
 class LayerDecision:
+    """How the search decided one layer's width: the margin, the threshold and every width tried.
+
+    ``threshold`` is the oracle value a width had to reach (the all-8-bit value minus
+    ``margin``); ``tried`` lists ``(bits, oracle value, complete)`` in trial order,
+    where an incomplete (early-stopped) value is an upper bound.
+    """
+
     name: str
     importance: float
     margin: float
@@ -147,6 +154,13 @@ class LayerDecision:
 
 @dataclass(frozen=True)
 class SearchResult:
+    """The outcome of one bit-width search, kept as ``qmodel.meta["fxquant"]``.
+
+    ``float_value``, ``baseline_value`` and ``final_value`` are the oracle's values of
+    the float, all-8-bit and final models; ``oracle_calls`` and ``layer_forwards``
+    count the work done, ``seconds`` its time.
+    """
+
     bits: dict[str, int]  # every quantized layer (searched and kept at 8 bits)
     decisions: tuple[LayerDecision, ...]  # in visiting order
     float_value: float

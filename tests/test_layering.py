@@ -98,6 +98,19 @@ def test_no_module_imports_a_higher_layer():
     assert not problems, "\n".join(problems)
 
 
+def test_scripts_import_the_passes_from_fxquant():
+    """Examples, benchmarks and tests run from a checkout, where a bare ``passes`` would still import."""
+    problems = []
+    for folder in ("examples", "benchmarks", "tests", "docs"):
+        for path in sorted((ROOT / folder).rglob("*.py")):
+            for node in ast.walk(ast.parse(path.read_text(), str(path))):
+                names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
+                    [node.module or ""] if isinstance(node, ast.ImportFrom) and not node.level else []
+                problems += [f"{path.relative_to(ROOT)}:{node.lineno} imports {n}" for n in names
+                             if n == "passes" or n.startswith("passes.")]
+    assert not problems, "\n".join(problems)
+
+
 def test_the_scan_sees_violations(tmp_path):
     """The scan itself catches an upward import (so the layer test can fail)."""
     bad = tmp_path / "bad.py"

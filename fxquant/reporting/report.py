@@ -18,6 +18,8 @@ __all__ = ["LayerReport", "CompressionReport", "report", "FLOAT_BITS"]
 
 @dataclass(frozen=True)
 class LayerReport:
+    """One row of the report: a layer's importance terms (eqs. 1-3), margin, bits and oracle value."""
+
     name: str
     kind: str
     params: int
@@ -31,6 +33,13 @@ class LayerReport:
 
 @dataclass(frozen=True)
 class CompressionReport:
+    """What ``fxquant.report(qmodel)`` returns: per-layer rows, eq. 5 average bits, sizes, search figures.
+
+    ``str()`` / :meth:`to_text` give the table, :meth:`to_dict` / :meth:`to_json` the
+    JSON form (:meth:`from_dict` reads it back). The oracle values and search figures
+    are ``None`` for a model from ``fxquant.quantize``.
+    """
+
     layers: tuple[LayerReport, ...]  # execution order
     average_bits: float  # eq. 5; float layers count as 32 bits
     packed_bytes: int  # integer weight bytes
