@@ -180,7 +180,7 @@ def load_eurosat(root: str | os.PathLike | None = None, *, use_cache: bool = Tru
 
     Args:
         root: torchvision-style root containing ``eurosat/2750`` (the ``2750`` folder
-            itself is accepted too). Defaults to :data:`DEFAULT_EUROSAT_ROOT`.
+            itself is accepted too). Default: :func:`eurosat_root` (``$FXQUANT_EUROSAT_ROOT``, else ``./../shared/data``).
         use_cache: read/write the decoded tensors from/to
             ``cache_dir()/eurosat_rgb_uint8.pt``. The cache records the image folder,
             the file count and a hash of the file list and is rebuilt if they differ.

@@ -120,7 +120,7 @@ def load_data(path: str | os.PathLike, image_size: tuple[int, int] | None = None
     if not root.exists():
         raise DataError(f"no data at {path}")
     if not root.is_dir():
-        raise DataError(f"--data {path} is not a folder (expected a EuroSAT root or an ImageFolder)")
+        raise DataError(f"{path} is not a folder (expected a EuroSAT root or an ImageFolder)")
     if _eurosat_folder(root):
         from fxquant.data.eurosat import cache_dir, load_eurosat
 
