@@ -19,7 +19,7 @@ SUBSET = [
 @pytest.mark.parametrize("name, size", SUBSET, ids=[n for n, _ in SUBSET])
 def test_meets_the_zoo_bars(name, size):
     row = zoo.evaluate(name, size)
-    assert row["own_params"] > 0 and row["params"] >= row["own_params"]  # the finder misses none
+    assert row["own_params"] > 0 and row["params"] >= row["own_params"]  # the finder misses none the forward uses
     for bits in zoo.BITS:
         assert row[f"coverage{bits}"] >= 0.99 and row[f"float_left{bits}"] == 0
         assert abs(row[f"bytes_ratio{bits}"] - 1) <= 0.10
