@@ -25,7 +25,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import fxquant  # noqa: E402
-import passes  # noqa: E402
+from fxquant import passes  # noqa: E402
 from examples.eurosat.common import load_trained  # noqa: E402
 from fxquant.core.calibration import calibration_inputs  # noqa: E402
 from fxquant.data.eurosat import eurosat_splits  # noqa: E402

@@ -7,8 +7,9 @@ Run (about half an hour on 2 CPU cores; writes the markdown table):
 Per model (``weights=None``, ``num_classes=10``, eval mode, batch 1; 224 px for
 ViT/Swin/MaxViT, 96 px for Inception/GoogLeNet, 64 px otherwise), at 8 and 4 bits:
 
-* coverage: packed weight params / conv+linear+attention weight params of the
-  traced model (each tied weight once); ``float left`` counts layer weights that
+* coverage: packed weight params / the weight params of the model's own
+  Conv/Linear/MultiheadAttention modules that the forward calls, counted from
+  ``named_modules()`` and forward hooks, not by the layer finder (each tied weight once); ``float left`` counts layer weights that
   still have a float copy in ``state_dict()`` (must be 0);
 * bytes ratio: integer bytes in ``state_dict()`` / sum(params * b / 8);
 * fidelity: relative L2 error of the output vs the float model, and finiteness;
@@ -89,14 +90,34 @@ def weight_sensitivity(model: nn.Module, x: torch.Tensor, ref: torch.Tensor, noi
     return float((out - ref).norm() / ref.norm())
 
 
-def _all_layer_weights(model: nn.Module) -> int:
-    total = 0
+def own_layer_weights(model: nn.Module, x: torch.Tensor | None = None) -> int:
+    """Weights of ``model``'s own Conv1d/2d/3d, Linear and MultiheadAttention modules, from
+    ``named_modules()`` (not from ``find_layers``), so coverage does not measure the finder
+    against itself; a tied weight counts once. With ``x``, only the modules a forward on
+    ``x`` calls (forward hooks; e.g. not Inception's auxiliary head in eval mode)."""
+    kinds = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear, nn.MultiheadAttention)
+    called = set()
+    if x is not None:
+        hooks = [m.register_forward_hook(lambda m, i, o: called.add(id(m)))
+                 for m in model.modules() if isinstance(m, kinds)]
+        try:
+            with torch.no_grad():
+                model(x)
+        finally:
+            for hook in hooks:
+                hook.remove()
+        # Attention reads its out_proj's weight without calling the Linear.
+        called |= {id(m.out_proj) for m in model.modules() if isinstance(m, nn.MultiheadAttention) and id(m) in called}
+    sizes = {}
     for module in model.modules():
+        if x is not None and id(module) not in called:
+            continue
         if isinstance(module, (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)):
-            total += module.weight.numel()
-        elif isinstance(module, nn.MultiheadAttention):
-            total += sum(p.numel() for k, p in module._parameters.items() if k.endswith("proj_weight") and p is not None)
-    return total
+            sizes[id(module.weight)] = module.weight.numel()
+        elif isinstance(module, nn.MultiheadAttention):  # its out_proj is an nn.Linear, counted above
+            sizes.update({id(p): p.numel() for k, p in module._parameters.items()
+                          if k.endswith("proj_weight") and p is not None})
+    return sum(sizes.values())
 
 
 def evaluate(name: str, size: int | None = None) -> dict:
@@ -113,7 +134,7 @@ def evaluate(name: str, size: int | None = None) -> dict:
     layers = passes.find_layers(gm)
     total = sum(layer.params for layer in layers)
     row = {"model": name, "input": size, "layers": len(layers), "params": total,
-           "unused": _all_layer_weights(model) - _all_layer_weights(gm),
+           "own_params": own_layer_weights(model, x), "unused": own_layer_weights(model) - own_layer_weights(gm),
            "sensitivity": sensitivity}
     del gm
     for bits in BITS:
@@ -124,7 +145,7 @@ def evaluate(name: str, size: int | None = None) -> dict:
         float_left = sum(v.numel() for k, v in sd.items() if k in layer_paths and v.is_floating_point())
         with torch.no_grad():
             out = q(x)
-        row[f"coverage{bits}"] = storage.packed_params / total
+        row[f"coverage{bits}"] = storage.packed_params / row["own_params"]
         row[f"float_left{bits}"] = float_left
         row[f"bytes_ratio{bits}"] = fxquant.state_dict_bytes(sd)["integer"] / (total * bits / 8)
         row[f"err{bits}"] = float((out - ref).norm() / ref.norm())

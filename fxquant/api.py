@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import inspect
 import logging
 from typing import Callable, Collection, Iterable
 
@@ -13,9 +14,10 @@ from torch import fx, nn
 from fxquant import passes
 from fxquant.core.calibration import calibration_inputs, check_inputs
 from fxquant.engine import distributed as fxdist
-from fxquant.core.config import QuantConfig
+from fxquant.core.config import QuantConfig, check_bits
 from fxquant.nn.modules import quant_module_for
 from fxquant.engine.oracle import AccuracyOracle
+from fxquant.logs import ensure_progress_output
 from fxquant.passes.calibrate import sequential_quantize
 from fxquant.passes.reparam import copy_model
 from fxquant.passes.search import layer_quantizer, search_bits
@@ -26,10 +28,6 @@ __all__ = ["compress", "quantize", "quantizable_layers", "FilterFn"]
 FilterFn = Callable[[nn.Module, str], bool]
 
 log = logging.getLogger("fxquant.api")
-
-
-def _owner_module(gm: fx.GraphModule, layer: passes.Layer) -> nn.Module:
-    return gm.get_submodule(layer.module_path) if layer.module_path else gm
 
 
 _STAT_SUFFIXES = ("running_mean", "running_var")
@@ -69,7 +67,7 @@ def select_layers(gm: fx.GraphModule, layers: list[passes.Layer], filter_fn: Fil
         return list(layers)
     if not callable(filter_fn):
         raise ValueError(f"filter_fn must be callable(module, name) -> bool, got {type(filter_fn).__name__}")
-    return [lay for lay in layers if filter_fn(_owner_module(gm, lay), lay.name)]
+    return [lay for lay in layers if filter_fn(gm.get_submodule(lay.module_path), lay.name)]
 
 
 def warn_float_weights(gm: fx.GraphModule) -> None:
@@ -115,7 +113,8 @@ def quantize(model: nn.Module, bits: int | dict[str, int | None] = 4, *, config:
             A model given in training mode is logged as such; the result keeps
             the given model's train/eval modes.
         filter_fn: ``filter_fn(module, layer_name) -> bool``; layers for which it
-            returns False stay float.
+            returns False stay float. A ``bits`` dict naming such a layer (with a
+            width, not ``None``) is a ``ValueError``, as ``compress(keep_8bit=...)``.
         leaf_modules: submodules to keep whole when tracing (see ``fxquant.passes.trace``).
         mapping: float-module class -> quantized class (extends/replaces
             ``fxquant.DEFAULT_QUANT_MODULE_MAPPING``).
@@ -132,11 +131,11 @@ def quantize(model: nn.Module, bits: int | dict[str, int | None] = 4, *, config:
     chosen = select_layers(gm, layers, filter_fn)
     if isinstance(bits, dict):
         widths = passes.validate_bits(bits, layers)
-        keep = {lay.name for lay in chosen}
-        widths = {name: b for name, b in widths.items() if name in keep}
+        excluded = sorted(set(widths) - {lay.name for lay in chosen})
+        if excluded:  # as compress(keep_8bit=...): a width for a layer the filter keeps float is a mistake
+            raise ValueError(f"bits names layers that filter_fn keeps float: {excluded[:5]}")
     elif isinstance(bits, int) and not isinstance(bits, bool):
-        if not 1 <= bits <= 8:
-            raise ValueError(f"bits must be in 1..8, got {bits}")
+        check_bits(bits, "bits")
         widths = {lay.name: bits for lay in chosen}
     else:
         raise ValueError(f"bits must be an int or a dict {{layer_name: bits}}, got {type(bits).__name__}")
@@ -188,26 +187,38 @@ def _logs_on_main_rank(comm):
 
 
 def _check_mapping(gm: fx.GraphModule, layers: list[passes.Layer], mapping) -> None:
-    """Fail before a long search, not after it, when a layer has no quantized module."""
+    """Fail before a long search, not after it, when a layer has no usable quantized module.
+
+    ``rewrite`` calls ``qcls.from_float(module, bits, config, name=..., qweight=...)``:
+    a mapped class must accept that call.
+    """
+    checked = set()
     for layer in layers:
         if layer.how != "module":
             continue
         for path in (layer.param_path, *layer.tied):
             owner = gm.get_submodule(path.rpartition(".")[0])
-            if quant_module_for(owner, mapping) is None:
+            qcls = quant_module_for(owner, mapping)
+            if qcls is None:
                 raise ValueError(f"layer {layer.name}: no quantized module for {type(owner).__name__} "
                                  f"({path}) in the mapping")
+            if qcls not in checked:
+                _check_from_float(qcls, layer.name, owner)
+                checked.add(qcls)
 
 
-def _ensure_progress_output() -> None:
-    """Show the search's per-layer progress lines when the application configured no logging."""
-    logger = logging.getLogger("fxquant")
-    if logger.level == logging.NOTSET:
-        logger.setLevel(logging.INFO)
-    if not logger.handlers and not logging.getLogger().handlers:
-        handler = logging.StreamHandler()
-        handler.setFormatter(logging.Formatter("%(message)s"))
-        logger.addHandler(handler)
+def _check_from_float(qcls, layer_name: str, owner: nn.Module) -> None:
+    from_float = getattr(qcls, "from_float", None)
+    if not callable(from_float):
+        raise ValueError(f"layer {layer_name}: the mapping's {getattr(qcls, '__name__', qcls)!r} for "
+                         f"{type(owner).__name__} has no from_float(module, bits, config, name, qweight=...)")
+    try:
+        inspect.signature(from_float).bind(owner, 8, None, name=layer_name, qweight=None)
+    except TypeError as e:
+        raise ValueError(f"layer {layer_name}: {qcls.__name__}.from_float cannot be called as "
+                         f"from_float(module, bits, config, name=..., qweight=...) ({e})") from e
+    except ValueError:
+        pass  # no introspectable signature (e.g. a builtin): the call itself will tell
 
 
 def _search_config(config: SearchConfig | None, options: dict) -> SearchConfig:
@@ -273,7 +284,7 @@ def compress(model: nn.Module, calib_loader: Iterable | None = None, *, oracle: 
     with fxdist.session(distributed, cuda=on_cuda) as comm, _logs_on_main_rank(comm):
         # under torchrun: starts (and ends) its own process group; the other ranks stay quiet
         if verbose and (comm is None or comm.is_main):
-            _ensure_progress_output()
+            ensure_progress_output()
         work = copy_model(model).eval()
         gm = passes.trace(work, leaf_modules=leaf_modules, copy_model=False)
         layers = passes.find_layers(gm)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from fxquant.core.config import QuantConfig
+from fxquant.core.config import QuantConfig, check_bits, is_bit_width
 
 __all__ = ["META_KEY", "Layer", "LayerInfo", "NodeAnnotation", "SearchConfig", "LayerDecision",
            "SearchResult", "MARGINS", "SCALES", "STRATEGIES", "EVALUATIONS"]
@@ -113,7 +113,7 @@ class SearchConfig:
 
     def __post_init__(self) -> None:
         cands = tuple(self.candidates) if not isinstance(self.candidates, (str, bytes)) else ()
-        if not cands or any(isinstance(b, bool) or not isinstance(b, int) or not 1 <= b <= 8 for b in cands):
+        if not cands or not all(is_bit_width(b) for b in cands):
             raise ValueError(f"SearchConfig.candidates must be bit-widths in 1..8, got {self.candidates!r}")
         object.__setattr__(self, "candidates", tuple(sorted(set(cands))))
         for label, value, allowed in (("margin", self.margin, MARGINS),
@@ -129,14 +129,20 @@ class SearchConfig:
                 raise ValueError(f"SearchConfig.{label} must be a finite number >= 0, got {value!r}")
         if not isinstance(self.hardest_first, bool):
             raise ValueError(f"SearchConfig.hardest_first must be True or False, got {self.hardest_first!r}")
-        if isinstance(self.baseline_bits, bool) or self.baseline_bits not in range(1, 9):
-            raise ValueError(f"SearchConfig.baseline_bits must be in 1..8, got {self.baseline_bits!r}")
+        check_bits(self.baseline_bits, "SearchConfig.baseline_bits")
         if not isinstance(self.quant, QuantConfig):
             raise ValueError(f"SearchConfig.quant must be a QuantConfig, got {type(self.quant).__name__}")
 
 
 @dataclass(frozen=True)
 class LayerDecision:
+    """How the search decided one layer's width: the margin, the threshold and every width tried.
+
+    ``threshold`` is the oracle value a width had to reach (the all-8-bit value minus
+    ``margin``); ``tried`` lists ``(bits, oracle value, complete)`` in trial order,
+    where an incomplete (early-stopped) value is an upper bound.
+    """
+
     name: str
     importance: float
     margin: float
@@ -148,6 +154,13 @@ class LayerDecision:
 
 @dataclass(frozen=True)
 class SearchResult:
+    """The outcome of one bit-width search, kept as ``qmodel.meta["fxquant"]``.
+
+    ``float_value``, ``baseline_value`` and ``final_value`` are the oracle's values of
+    the float, all-8-bit and final models; ``oracle_calls`` and ``layer_forwards``
+    count the work done, ``seconds`` its time.
+    """
+
     bits: dict[str, int]  # every quantized layer (searched and kept at 8 bits)
     decisions: tuple[LayerDecision, ...]  # in visiting order
     float_value: float

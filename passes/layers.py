@@ -57,7 +57,7 @@ _VIEW_FUNCTIONS = {torch.t, torch.transpose, torch.permute, torch.reshape, torch
 
 def _owner(gm: nn.Module, path: str):
     module_path, _, attr = path.rpartition(".")
-    return module_path, attr, gm.get_submodule(module_path) if module_path else gm
+    return module_path, attr, gm.get_submodule(module_path)  # "" is gm itself
 
 
 def _is_consumer(node: fx.Node) -> bool:
@@ -128,7 +128,7 @@ def find_layers(gm: fx.GraphModule) -> list[Layer]:
         if (module_path, attr) in seen_paths:
             continue  # a module called twice, or read both ways
         seen_paths.add((module_path, attr))
-        owner = gm.get_submodule(module_path) if module_path else gm
+        owner = gm.get_submodule(module_path)
         weight = getattr(owner, attr)
         first = by_param.get(id(weight))
         if first is not None:  # weight tying: one layer, remember the extra owner
@@ -150,5 +150,5 @@ def layers_by_name(gm: fx.GraphModule) -> dict[str, Layer]:
 
 def weight_of(gm: nn.Module, layer: Layer) -> torch.Tensor:
     """The live (float) weight tensor of ``layer`` in ``gm``."""
-    owner = gm.get_submodule(layer.module_path) if layer.module_path else gm
+    owner = gm.get_submodule(layer.module_path)
     return getattr(owner, layer.attr)

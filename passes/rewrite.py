@@ -20,7 +20,7 @@ import torch
 from torch import fx, nn
 
 from fxquant.nn.attention import QuantMultiheadAttention
-from fxquant.core.config import QuantConfig
+from fxquant.core.config import QuantConfig, check_bits
 from fxquant.nn.modules import PackedWeight, quant_module_for
 from fxquant.passes.importance import update_layer_infos
 from fxquant.schema import META_KEY
@@ -43,15 +43,13 @@ def validate_bits(bits: dict[str, int | None], layers: list[Layer]) -> dict[str,
     for name, b in bits.items():
         if b is None:
             continue
-        if isinstance(b, bool) or not isinstance(b, int) or not 1 <= b <= 8:
-            raise ValueError(f"layer {name}: bits must be an int in 1..8 (or None for float), got {b!r}")
-        out[name] = b
+        out[name] = check_bits(b, f"layer {name}: bits (None keeps it float)")
     return out
 
 
 def _set_submodule(gm: nn.Module, path: str, module: nn.Module) -> None:
     parent_path, _, child = path.rpartition(".")
-    parent = gm.get_submodule(parent_path) if parent_path else gm
+    parent = gm.get_submodule(parent_path)
     module.train(getattr(parent, child).training)  # the replacement keeps the train/eval mode
     setattr(parent, child, module)
 
@@ -94,12 +92,12 @@ def _quantize_module(gm, layer: Layer, bits: int, config, mapping, given=None) -
 
 
 def _quantize_param(gm, layer: Layer, bits: int, config) -> list[str]:
-    owner = gm.get_submodule(layer.module_path) if layer.module_path else gm
+    owner = gm.get_submodule(layer.module_path)
     packed = PackedWeight.from_float(getattr(owner, layer.attr).detach(), bits, config, name=layer.name)
     paths = [layer.param_path, *layer.tied]
     for path in paths:
         module_path, attr = _split(path)
-        holder = gm.get_submodule(module_path) if module_path else gm
+        holder = gm.get_submodule(module_path)
         delattr(holder, attr)
         holder.add_module(attr, packed.train(holder.training))
     return paths

@@ -47,7 +47,6 @@ class FxquantTracer(fx.Tracer):
         self.leaf_names = set(leaf_modules)
         self.leaf_types = tuple(leaf_types)
         self.failed_module: str | None = None
-        self._stack: list[str] = []
 
     def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
         if is_quantized_module(m) or module_qualified_name in self.leaf_names:
@@ -58,15 +57,12 @@ class FxquantTracer(fx.Tracer):
 
     def call_module(self, m, forward, args, kwargs):
         path = self.path_of_module(m)
-        self._stack.append(path)
         try:
             return super().call_module(m, forward, args, kwargs)
         except Exception:
             if self.failed_module is None:  # the innermost frame sees it first
                 self.failed_module = path
             raise
-        finally:
-            self._stack.pop()
 
 
 def _library_notrace_functions() -> tuple:
@@ -117,7 +113,7 @@ def _restore_weight_owners(gm: fx.GraphModule, root: nn.Module) -> None:
         current = gm.get_submodule(owner_path)
         if current is not original and type(current) is nn.Module and quant_module_for(original):
             parent_path, _, child = owner_path.rpartition(".")
-            setattr(gm.get_submodule(parent_path) if parent_path else gm, child, original)
+            setattr(gm.get_submodule(parent_path), child, original)
 
 
 def trace(

@@ -152,6 +152,27 @@ class UntraceableTop(nn.Module):
         return x
 
 
+class TinyResNet(nn.Module):
+    """A few channels, but ResNet18's names for its first and last layers (``conv1``,
+    ``layer4.1.conv2``, ``fc``), so the documentation's snippets run on it in a second."""
+
+    def __init__(self, num_classes: int = 10, width: int = 4):
+        super().__init__()
+        from torchvision.models.resnet import BasicBlock
+
+        self.conv1 = nn.Conv2d(3, width, 3, stride=2, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(width)
+        self.relu = nn.ReLU()
+        down = nn.Sequential(nn.Conv2d(width, 2 * width, 1, 2, bias=False), nn.BatchNorm2d(2 * width))
+        self.layer4 = nn.Sequential(BasicBlock(width, 2 * width, 2, down), BasicBlock(2 * width, 2 * width))
+        self.avgpool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(2 * width, num_classes)
+
+    def forward(self, x):
+        x = self.layer4(self.relu(self.bn1(self.conv1(x))))
+        return self.fc(torch.flatten(self.avgpool(x), 1))
+
+
 ZOO = {
     "conv_zoo": (ConvZoo, (2, 3, 12, 12),
                  ["stem", "grouped", "depthwise", "pointwise", "tiny", "head"]),

@@ -30,16 +30,35 @@ def codes_and_bits(draw, max_numel: int = 300):
     return torch.from_numpy(values.copy()), bits
 
 
-@st.composite
-def weights(draw, max_channels: int = 6, max_per_channel: int = 40):
-    """A float32 weight [C, K]; some draws have all-zero or constant channels."""
-    channels = draw(st.integers(min_value=1, max_value=max_channels))
-    per = draw(st.integers(min_value=1, max_value=max_per_channel))
-    arr = draw(hnp.arrays(np.float32, (channels, per), elements=_weight_values))
-    w = torch.from_numpy(arr.copy())
+def _with_special_channels(draw, w: torch.Tensor) -> torch.Tensor:
     special = draw(st.sampled_from(["none", "zero", "constant"]))
     if special == "zero":
         w[0] = 0.0
     elif special == "constant":
         w[-1] = draw(st.floats(min_value=-2.0, max_value=2.0, allow_nan=False, width=32))
     return w
+
+
+@st.composite
+def weights(draw, max_channels: int = 6, max_per_channel: int = 40):
+    """A float32 linear weight [C, K]; some draws have all-zero or constant channels."""
+    channels = draw(st.integers(min_value=1, max_value=max_channels))
+    per = draw(st.integers(min_value=1, max_value=max_per_channel))
+    arr = draw(hnp.arrays(np.float32, (channels, per), elements=_weight_values))
+    return _with_special_channels(draw, torch.from_numpy(arr.copy()))
+
+
+@st.composite
+def conv_weights(draw, dims: tuple[int, ...] = (3, 4, 5), max_channels: int = 5, max_kernel: int = 3):
+    """A float32 conv weight ``[C_out, C_in, *kernel]`` of 3, 4 or 5 dimensions (Conv1d/2d/3d);
+    some draws have all-zero or constant output channels."""
+    ndim = draw(st.sampled_from(dims))
+    shape = (draw(st.integers(1, max_channels)), draw(st.integers(1, max_channels)),
+             *(draw(st.integers(1, max_kernel)) for _ in range(ndim - 2)))
+    arr = draw(hnp.arrays(np.float32, shape, elements=_weight_values))
+    return _with_special_channels(draw, torch.from_numpy(arr.copy()))
+
+
+def any_weights():
+    """Linear-shaped (2-D) or conv-shaped (3-D, 4-D, 5-D) weights."""
+    return st.one_of(weights(), conv_weights())

@@ -80,12 +80,10 @@ def test_version_subprocess():
 
 @pytest.fixture(scope="module")
 def demo_runs(tmp_path_factory):
-    """Two ``demo --quick`` runs with the same seed: the second quiet and without matplotlib."""
+    """Two ``demo --quick`` runs with the same seed, the second quiet."""
     first, second = tmp_path_factory.mktemp("demo1"), tmp_path_factory.mktemp("demo2")
     run1 = run_captured("demo", "--quick", "--out", first)
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setitem(sys.modules, "matplotlib", None)  # `import matplotlib` raises ImportError
-        run2 = run_captured("demo", "--quick", "--seed", 0, "--quiet", "--out", second)
+    run2 = run_captured("demo", "--quick", "--seed", 0, "--quiet", "--out", second)
     return (first, *run1), (second, *run2)
 
 
@@ -122,12 +120,11 @@ def test_demo_quick_end_to_end(demo_runs, capsys):
     assert f"{summary['test_images']:,} images" in out
 
 
-def test_demo_is_deterministic_quiet_and_works_without_matplotlib(demo_runs):
+def test_demo_is_deterministic_and_quiet(demo_runs):
     (dir1, _, _, _), (dir2, code, stdout, stderr) = demo_runs
     assert code == 0
     assert stderr == ""  # --quiet: no progress
-    assert "pip install 'fxquant[viz]'" in stdout
-    assert not (dir2 / "report.png").exists() and (dir2 / "graph.svg").is_file()
+    assert (dir2 / "report.png").is_file() and (dir2 / "graph.svg").is_file()
     one, two = (json.loads((d / "report.json").read_text()) for d in (dir1, dir2))
     for key in ("seconds",):
         one.pop(key), two.pop(key)
@@ -135,6 +132,14 @@ def test_demo_is_deterministic_quiet_and_works_without_matplotlib(demo_runs):
     assert one == two
     a, b = (torch.load(d / "float_model.pt", weights_only=True)["state_dict"] for d in (dir1, dir2))
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_demo_without_matplotlib_fails_up_front(tmp_path):
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setitem(sys.modules, "matplotlib", None)  # `import matplotlib` raises ImportError
+        code, stdout, stderr = run_captured("demo", "--quick", "--out", tmp_path / "out")
+    assert code == 1 and "needs matplotlib" in stderr and "pip install matplotlib" in stderr
+    assert stdout == "" and not list((tmp_path / "out").glob("*"))  # nothing trained, nothing written
 
 
 # ----------------------------------------------------------------------------- compress / inspect / eval

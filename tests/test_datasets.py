@@ -1,9 +1,14 @@
 """EuroSAT loading and the seeded stratified split (skipped when ../shared/data is absent)."""
 
+import os
+
 import pytest
 import torch
 
-from fxquant.data.eurosat import (TensorBatches, calibration_indices, eurosat_available, eurosat_splits,
+from fxquant.data.batches import EUROSAT_MEAN, EUROSAT_STD, normalize
+from fxquant.data.eurosat import eurosat_root, load_eurosat
+
+from fxquant.data.eurosat import (ImageBatches, calibration_indices, eurosat_available, eurosat_splits,
                               stratified_split)
 
 
@@ -22,13 +27,56 @@ def test_split_is_stratified_disjoint_and_seeded():
     assert len(calib) == 50 and set(calib.tolist()) <= set(train.tolist())
 
 
-def test_tensor_batches_are_reiterable():
+def test_image_batches_are_reiterable():
     images = torch.randint(0, 255, (10, 3, 4, 4), dtype=torch.uint8)
     labels = torch.arange(10)
-    batches = TensorBatches(images, labels, torch.arange(10), batch_size=4)
+    batches = ImageBatches(images, labels, torch.arange(10), batch_size=4)
     first, second = list(batches), list(batches)
     assert len(batches) == 3 and [y.tolist() for _, y in first] == [y.tolist() for _, y in second]
     assert first[0][0].dtype == torch.float32
+
+
+def test_image_batches_standardise_float_and_uint8_images():
+    floats = torch.rand(6, 13, 5, 5)
+    labels = torch.arange(6)
+    mean, std = [0.5] * 13, [0.25] * 13
+    (x, y), = list(ImageBatches(floats, labels, mean=mean, std=std, batch_size=8))
+    assert torch.allclose(x, (floats - 0.5) / 0.25) and torch.equal(y, labels)
+    (x, _), = list(ImageBatches(floats, labels, mean=mean, std=std, size=(3, 3), batch_size=8))
+    assert x.shape == (6, 13, 3, 3)
+    rgb = torch.randint(0, 256, (6, 3, 4, 4), dtype=torch.uint8)
+    (x, _), = list(ImageBatches(rgb, labels, batch_size=8))
+    assert torch.equal(x, normalize(rgb))
+    (x, _), = list(ImageBatches(rgb, labels, mean=(0.5, 0.5, 0.5), std=(0.2, 0.2, 0.2), batch_size=8))
+    assert torch.allclose(x, (rgb.float() / 255 - 0.5) / 0.2, atol=1e-5)
+    (x, _), = list(ImageBatches(rgb, labels, mean=EUROSAT_MEAN, std=EUROSAT_STD, batch_size=8))
+    assert torch.equal(x, normalize(rgb))
+    with pytest.raises(ValueError, match="need 'mean' and 'std'"):
+        ImageBatches(floats, labels)
+    with pytest.raises(ValueError, match="'mean' has 3 values for images of 13 channels"):
+        ImageBatches(floats, labels, mean=(0.0,) * 3, std=(1.0,) * 3)
+
+
+def test_shuffled_passes_differ_but_repeat_with_the_seed():
+    images, labels = torch.rand(20, 1, 2, 2), torch.arange(20)
+    a = ImageBatches(images, labels, mean=[0.0], std=[1.0], batch_size=20, shuffle=True, seed=3)
+    b = ImageBatches(images, labels, mean=[0.0], std=[1.0], batch_size=20, shuffle=True, seed=3)
+    first, second = next(iter(a))[1], next(iter(a))[1]
+    assert not torch.equal(first, second)
+    assert torch.equal(first, next(iter(b))[1])
+
+
+def test_eurosat_root_from_argument_environment_or_current_directory(tmp_path, monkeypatch):
+    monkeypatch.delenv("FXQUANT_EUROSAT_ROOT", raising=False)
+    monkeypatch.chdir(tmp_path)
+    assert eurosat_root() == (tmp_path / ".." / "shared" / "data").resolve()
+    monkeypatch.setenv("FXQUANT_EUROSAT_ROOT", str(tmp_path / "env"))
+    assert eurosat_root() == tmp_path / "env"
+    assert eurosat_root(tmp_path / "arg") == tmp_path / "arg"
+    with pytest.raises(FileNotFoundError) as info:
+        load_eurosat(None, use_cache=False)
+    message = str(info.value)
+    assert "'root' argument" in message and "FXQUANT_EUROSAT_ROOT" in message and "../shared/data" in message
 
 
 @pytest.mark.eurosat

@@ -5,11 +5,14 @@ from dataclasses import FrozenInstanceError
 
 import pytest
 import torch
+from hypothesis import given
+from hypothesis import strategies as st
 from torch import nn
 
 from fxquant import passes
-from fxquant.core.importance import average_bits, importance_scores
+from fxquant.core.importance import average_bits, importance_scores, normalized_params, normalized_variance
 from fxquant.schema import META_KEY, NodeAnnotation
+from tests import strategies
 
 
 class TwoLayers(nn.Module):
@@ -72,3 +75,38 @@ def test_to_networkx_carries_the_annotations():
     assert g.nodes["a"]["bits"] == 3 and g.nodes["b"]["bits"] is None
     assert g.nodes["b"]["importance"] == pytest.approx(1 / 3)
     assert g.nodes["a"]["layers"][0]["n_p"] == pytest.approx(1 / 3)
+
+
+# ----------------------------------------------------------------------------- properties of eqs. 1-3
+
+
+def _scores(ws):
+    """Eqs. 1-3 for weights, with the variance the annotation pass takes (population, float64)."""
+    return importance_scores([w.numel() for w in ws], [float(w.double().var(unbiased=False)) for w in ws])[2]
+
+
+@given(st.lists(st.integers(1, 10**8), min_size=1, max_size=40))
+def test_eq1_normalised_sizes_sum_to_one(params):
+    n_p = normalized_params(params)
+    assert math.fsum(n_p) == pytest.approx(1.0, abs=1e-12)
+    assert all(0 < p <= 1 for p in n_p)
+
+
+@given(st.lists(st.floats(0.0, 1e6, allow_nan=False), min_size=1, max_size=40))
+def test_eq2_normalised_variance_within_its_range(variances):
+    for n_v in normalized_variance(variances):
+        assert math.log(math.e - 1) - 1e-12 <= n_v <= 1 + 1e-12
+    top = max(variances)
+    if top > 0:  # the layer of largest variance gets exactly 1
+        assert normalized_variance(variances)[variances.index(top)] == pytest.approx(1.0)
+
+
+@given(st.lists(strategies.conv_weights(), min_size=1, max_size=5), st.floats(1e-3, 1e3))
+def test_eq3_importance_order_invariant_under_rescaling_all_weights(ws, c):
+    """Scaling every weight by c > 0 scales every variance by c**2: N_V, hence importance, unchanged."""
+    before, after = _scores(ws), _scores([c * w for w in ws])
+    assert after == pytest.approx(before, rel=1e-6, abs=1e-9)
+    for a in range(len(before)):
+        for b in range(len(before)):
+            if before[a] < before[b] - 1e-6:  # a strict order (beyond float noise) is kept
+                assert after[a] < after[b]

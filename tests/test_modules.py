@@ -4,11 +4,13 @@ import copy
 
 import pytest
 import torch
+from hypothesis import given
 from torch import nn
 
 import fxquant
 from fxquant import QuantConfig, QuantConv1d, QuantConv2d, QuantConv3d, QuantLinear, fake_quantize
 from fxquant.core.packing import _unpack_columns
+from tests.strategies import bit_widths, conv_weights, granularities
 
 FLOAT_AND_QUANT = [
     (lambda: nn.Linear(20, 7), QuantLinear, (5, 20)),
@@ -24,6 +26,23 @@ def _reference(float_module, bits, config=None):
     with torch.no_grad():
         ref.weight.copy_(fake_quantize(float_module.weight, config or QuantConfig(bits=bits)))
     return ref
+
+
+_CONVS = {3: (nn.Conv1d, QuantConv1d), 4: (nn.Conv2d, QuantConv2d), 5: (nn.Conv3d, QuantConv3d)}
+
+
+@given(conv_weights(), bit_widths, granularities)
+def test_any_conv_weight_matches_the_float_op_with_its_fake_quantized_weight(w, bits, gran):
+    """Conv1d/2d/3d of drawn shapes (1x1 kernels, single channels, zero or constant channels)."""
+    fcls, qcls = _CONVS[w.dim()]
+    fm = fcls(w.shape[1], w.shape[0], tuple(w.shape[2:]), padding=1)
+    with torch.no_grad():
+        fm.weight.copy_(w)
+    cfg = QuantConfig(bits=bits, granularity=gran)
+    q = qcls.from_float(fm, bits, cfg)
+    assert q.packed_nbytes() == (w.numel() * bits + 7) // 8
+    x = torch.randn(2, w.shape[1], *([4] * (w.dim() - 2)), generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(q(x), _reference(fm, bits, cfg)(x), rtol=1e-5, atol=1e-5)
 
 
 def test_4bit_64x64x3x3_conv_stores_18432_bytes():

@@ -6,10 +6,10 @@ import pytest
 import torch
 from hypothesis import given
 
-from fxquant import pack, packed_nbytes, unpack
+from fxquant import QuantConfig, pack, packed_nbytes, quantize_weight, unpack
 from fxquant.core import packing
 from fxquant.core.packing import _unpack_columns, _unpack_lanes
-from tests.strategies import codes_and_bits
+from tests.strategies import bit_widths, codes_and_bits, conv_weights
 
 
 def _reference_pack(codes, bits):
@@ -35,6 +35,15 @@ def test_round_trip_and_exact_size(cb):
     assert packed.dtype == torch.uint8
     assert packed.numel() == math.ceil(codes.numel() * bits / 8) == packed_nbytes(codes.numel(), bits)
     assert torch.equal(unpack(packed, bits, codes.numel()), codes)
+
+
+@given(conv_weights(), bit_widths)
+def test_conv_shaped_codes_round_trip(w, bits):
+    """A Conv1d/2d/3d weight's codes: packed to exactly ceil(n*b/8) bytes, unpacked to the same tensor."""
+    codes = quantize_weight(w, QuantConfig(bits=bits)).codes
+    packed = pack(codes, bits)
+    assert packed.numel() == packed_nbytes(w.numel(), bits)
+    assert torch.equal(unpack(packed, bits, codes.numel()).view(w.shape), codes)
 
 
 @given(codes_and_bits(max_numel=40))

@@ -28,7 +28,7 @@ def test_each_tool_builds_saves_and_counts_or_says_why_not(tool, tmp_path):
         built = tool.build(model, _calib(), example)
     except Unavailable as e:
         assert str(e)  # the row will quote the reason
-        return
+        pytest.skip(f"{tool.key} is unavailable here, nothing tested: {e}")
     assert isinstance(built, Built) and built.seconds >= 0
     path = tool.save(built.model, tmp_path / tool.key)
     assert path.exists() and path.stat().st_size > 0

@@ -7,7 +7,7 @@ from hypothesis import given
 
 from fxquant import QuantConfig, dequantize, quantize_weight
 from fxquant.core.quantizer import compute_qparams, quantize
-from tests.strategies import bit_widths, clippings, granularities, schemes, weights
+from tests.strategies import any_weights, bit_widths, clippings, granularities, schemes
 
 REL_TOL = 1e-5  # float32 rounding in w / scale
 
@@ -27,7 +27,7 @@ def _rows(t, per_channel):
     return t.reshape(t.shape[0], -1) if per_channel else t.reshape(1, -1)
 
 
-@given(weights(), bit_widths, granularities, schemes, clippings)
+@given(any_weights(), bit_widths, granularities, schemes, clippings)
 def test_codes_in_range_and_scales_finite_positive(w, bits, gran, scheme, clip):
     qw = quantize_weight(w, _config(bits, gran, scheme, clip))
     assert qw.codes.dtype == torch.uint8 and qw.codes.shape == w.shape
@@ -37,7 +37,7 @@ def test_codes_in_range_and_scales_finite_positive(w, bits, gran, scheme, clip):
     assert torch.isfinite(qw.dequantize()).all()
 
 
-@given(weights(), bit_widths, granularities, schemes, clippings)
+@given(any_weights(), bit_widths, granularities, schemes, clippings)
 def test_error_within_half_step_inside_clipping_range(w, bits, gran, scheme, clip):
     cfg = _config(bits, gran, scheme, clip)
     qw = quantize_weight(w, cfg)
@@ -49,7 +49,7 @@ def test_error_within_half_step_inside_clipping_range(w, bits, gran, scheme, cli
     assert (err[inside.expand_as(err)] <= (half * (1 + REL_TOL) + 1e-12).expand_as(err)[inside]).all()
 
 
-@given(weights(), bit_widths, granularities, schemes)
+@given(any_weights(), bit_widths, granularities, schemes)
 def test_minmax_error_within_half_step_everywhere(w, bits, gran, scheme):
     """Under min/max scaling nothing is clipped: every weight is within half a step."""
     cfg = _config(bits, gran, scheme, "minmax")
@@ -58,14 +58,14 @@ def test_minmax_error_within_half_step_everywhere(w, bits, gran, scheme):
     assert (err <= qw.scale.reshape(-1, 1) / 2 * (1 + REL_TOL) + 1e-12).all()
 
 
-@given(weights(), bit_widths, granularities, schemes, clippings)
+@given(any_weights(), bit_widths, granularities, schemes, clippings)
 def test_requantizing_dequantized_weight_is_idempotent(w, bits, gran, scheme, clip):
     qw = quantize_weight(w, _config(bits, gran, scheme, clip))
     again = quantize(qw.dequantize(), qw.scale, qw.zero_point, bits)
     assert torch.equal(again, qw.codes)
 
 
-@given(weights(), granularities, schemes)
+@given(any_weights(), granularities, schemes)
 def test_more_bits_never_increase_max_error_under_minmax(w, gran, scheme):
     """Per channel, the max error at b+1 bits is at most the max error bound at b bits,
     and that bound (half a grid step, which min/max scaling guarantees) shrinks with b.

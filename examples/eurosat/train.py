@@ -37,7 +37,7 @@ import torchvision  # noqa: E402
 
 from examples.eurosat.common import NUM_CLASSES, build_model, checkpoint_path  # noqa: E402
 from fxquant.data.eurosat import (  # noqa: E402
-    EUROSAT_MEAN, EUROSAT_STD, TensorBatches, eurosat_splits)
+    EUROSAT_MEAN, EUROSAT_STD, ImageBatches, eurosat_splits)
 
 PAPER_WEIGHT_DECAY = 1e-6
 
@@ -63,7 +63,7 @@ class FlipTranslate:
                              align_corners=False)
 
 
-def evaluate(model: torch.nn.Module, loader: TensorBatches, channels_last: bool) -> tuple[float, float]:
+def evaluate(model: torch.nn.Module, loader: ImageBatches, channels_last: bool) -> tuple[float, float]:
     model.eval()
     correct, total, loss_sum = 0, 0, 0.0
     with torch.inference_mode():
@@ -139,10 +139,10 @@ def main(argv: list[str] | None = None) -> int:
           f"(split seed {args.split_seed}), loaded in {time.time() - t0:.1f}s", flush=True)
 
     torch.manual_seed(args.seed)
-    train_loader = TensorBatches(images, labels, train_idx, batch_size=args.batch_size,
+    train_loader = ImageBatches(images, labels, train_idx, batch_size=args.batch_size,
                                  shuffle=True, seed=args.seed,
                                  augment=FlipTranslate(args.max_shift), drop_last=True)
-    test_loader = TensorBatches(images, labels, test_idx, batch_size=512)
+    test_loader = ImageBatches(images, labels, test_idx, batch_size=512)
 
     # ---- model / optimiser ----------------------------------------------------------
     model = build_model(args.model, NUM_CLASSES)

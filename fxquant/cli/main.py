@@ -32,137 +32,19 @@ import os
 import sys
 from pathlib import Path
 
-from fxquant.data.images import TEST_FRACTION, LabelledImages, accuracy, load_data, stats_loader
-from fxquant.cli.models import (build_model, check_file, check_model_spec, is_timm_spec, load_checkpoint,
+from fxquant.cli.compress import cmd_compress, mib, other_tensor_bytes
+from fxquant.cli.models import (build_model, check_file, check_model_spec, in_chans_kwargs, load_checkpoint,
                                 load_weights)
-from fxquant.cli.output import CliError, error_text, one_line, one_line_warnings, progress_logging, say
+from fxquant.cli.output import CliError, error_text, one_line, one_line_warnings, say
+from fxquant.cli.parser import build_parser
 from fxquant.cli.recorded import check_model_size, check_recorded, recorded_builder
-from fxquant.cli.parser import DEFAULT_CALIB, build_parser
-from fxquant.reporting.draw import draw
+from fxquant.data.images import TEST_FRACTION, LabelledImages, accuracy, load_data
+from fxquant.fileformat.container import FRAMING_BYTES
+from fxquant.logs import progress_logging
 
 __all__ = ["main", "build_parser", "CliError"]
 
 log = logging.getLogger("fxquant.cli")
-
-_QUANT_SUFFIXES = (".packed_weight", ".weight_scale", ".weight_zero_point")
-
-
-def _mib(nbytes: float) -> str:
-    if nbytes >= 2**20:
-        return f"{nbytes / 2**20:.2f} MiB"
-    return f"{nbytes / 2**10:.1f} KiB"
-
-
-# ----------------------------------------------------------------------------- commands
-
-
-def _writable(path: str, what: str) -> Path:
-    p = Path(path)
-    if p.is_dir():
-        raise CliError(f"{what} {path} is a directory; give a file name")
-    try:
-        p.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise CliError(f"cannot create the folder for {what} {path}: {e.strerror or e}") from e
-    return p
-
-
-def _file_line(path, file_bytes: int, report, other_bytes: int) -> str:
-    full = report.float32_bytes + other_bytes
-    return (f"wrote {path}: {file_bytes:,} bytes ({_mib(file_bytes)}); the float32 model: about {_mib(full)} "
-            f"({full / max(1, file_bytes):.1f}x larger)")
-
-
-def _cmd_compress(args) -> int:
-    import fxquant
-    from fxquant.data.eurosat import EUROSAT_MEAN, EUROSAT_STD, calibration_indices
-    from fxquant.fileformat.saveload import read_header
-
-    ckpt_path = check_file(args.checkpoint, "checkpoint")
-    data_root = Path(args.data).expanduser()
-    if not data_root.exists():
-        raise CliError(f"no data at {args.data}")
-    if args.model is not None:
-        check_model_spec(args.model)
-    out = _writable(args.out, "--out")
-    report_path = _writable(args.report, "--report") if args.report else None
-    graph_path = _writable(args.graph, "--graph") if args.graph else None
-
-    state, ckpt_meta = load_checkpoint(ckpt_path)
-    spec = args.model or ckpt_meta.get("model")
-    if not isinstance(spec, str) or not spec:
-        raise CliError(f"--model is required: checkpoint {args.checkpoint} does not name its architecture")
-    recorded_classes = ckpt_meta.get("num_classes")
-    num_classes = args.num_classes or (recorded_classes if isinstance(recorded_classes, int) else 10)
-    kwargs = ckpt_meta.get("model_kwargs")
-    model_kwargs = dict(kwargs) if isinstance(kwargs, dict) and spec == ckpt_meta.get("model") else {}
-    model_kwargs.update(_in_chans(args, spec))
-    model = build_model(spec, num_classes, model_kwargs)
-    load_weights(model, state, args.checkpoint, spec, num_classes)
-
-    norm = ckpt_meta.get("normalization") if isinstance(ckpt_meta.get("normalization"), dict) else {}
-    mean = tuple(args.mean or norm.get("mean") or EUROSAT_MEAN)
-    std = tuple(args.std or norm.get("std") or EUROSAT_STD)
-    if len(mean) != 3 or len(std) != 3 or min(std) <= 0:
-        raise CliError(f"normalisation needs 3 means and 3 positive stds, got mean={mean} std={std}")
-    split_seed = args.split_seed if args.split_seed is not None else int(ckpt_meta.get("split_seed", 0) or 0)
-
-    data = load_data(data_root, args.image_size)
-    log.info("%s", data.describe())
-    size = tuple(args.image_size) if args.image_size else data.native_size
-    train_idx, test_idx = data.split(split_seed)
-    if train_idx.numel() == 0:
-        raise CliError(f"the training split of {args.data} is empty")
-    calib_size = args.calib_size or min(DEFAULT_CALIB, int(train_idx.numel()))
-    if calib_size > train_idx.numel():
-        raise CliError(f"--calib-size {calib_size} exceeds the {train_idx.numel()} images of the training split")
-    calib_idx = calibration_indices(data.labels, train_idx, calib_size, split_seed)
-    calib = data.loader(calib_idx, mean=mean, std=std, size=size, batch_size=args.batch_size)
-    stats = stats_loader(data, train_idx, calib_idx, split_seed, mean=mean, std=std, size=size,
-                         batch_size=args.batch_size)
-    log.info("compressing %s: %s margin, T_init %g, %d calibration images from the training split (split "
-             "seed %d; %d held out for 'fxquant eval')", spec, args.mode, args.margin, calib_size, split_seed,
-             test_idx.numel())
-    qmodel = fxquant.compress(model, calib, stats_loader=stats, margin=args.mode, t_init=args.margin,
-                              verbose=not args.quiet)
-    report = fxquant.report(qmodel)
-
-    metadata = {
-        "created_by": "fxquant compress",
-        "model": spec,
-        "model_kwargs": model_kwargs,
-        "num_classes": num_classes,
-        "in_channels": data.channels,
-        "image_size": list(size),
-        "mean": list(mean),
-        "std": list(std),
-        "split_seed": split_seed,
-        "test_fraction": TEST_FRACTION,
-        "calib_size": calib_size,
-        "data_kind": data.kind,
-        "classes": list(data.classes),
-        "checkpoint": str(args.checkpoint),
-    }
-    nbytes = fxquant.save(qmodel, out, metadata=metadata)
-    say(report.to_text())
-    say()
-    say(_file_line(out, nbytes, report, _other_bytes(read_header(out))))
-    if report_path:
-        report_path.write_text(json.dumps({**report.to_dict(), "metadata": metadata}, indent=1))
-        say(f"wrote {report_path}")
-    if graph_path:
-        from fxquant import passes
-
-        drawing = draw(qmodel, graph_path, title=f"{spec}: average {report.average_bits:.2f} bits")
-        say(f"wrote {drawing.svg} and {drawing.html}")
-    if not args.quiet:
-        log.info("held-out accuracy: fxquant eval %s --data %s --checkpoint %s", out, args.data, args.checkpoint)
-    return 0
-
-
-def _other_bytes(header: dict) -> int:
-    """Bytes of the stored tensors that are not packed weights, scales or zero points."""
-    return sum(t["nbytes"] for t in header["tensors"] if not any(k.endswith(_QUANT_SUFFIXES) for k in t["keys"]))
 
 
 def _report_of(header: dict, file):
@@ -197,10 +79,10 @@ def _cmd_inspect(args) -> int:
     report, text = _report_of(header, args.file)
     meta = header.get("metadata") or {}
     file_bytes = path.stat().st_size
-    other = _other_bytes(header)
+    other = other_tensor_bytes(header)
     sizes = {"file_bytes": file_bytes, "packed_bytes": report.packed_bytes, "grid_bytes": report.grid_bytes,
              "other_tensor_bytes": other, "float32_weight_bytes": report.float32_bytes,
-             "float32_model_bytes": report.float32_bytes + other, "header_bytes": file_bytes - 52 -
+             "float32_model_bytes": report.float32_bytes + other, "header_bytes": file_bytes - FRAMING_BYTES -
              header["data"]["nbytes"]}
     if args.json:
         say(json.dumps({"file": str(path), "format_version": header["format_version"],
@@ -220,10 +102,10 @@ def _cmd_inspect(args) -> int:
     say()
     say(text)
     say()
-    say(f"sizes: file {file_bytes:,} B ({_mib(file_bytes)}) = packed weights {report.packed_bytes:,} B + "
+    say(f"sizes: file {file_bytes:,} B ({mib(file_bytes)}) = packed weights {report.packed_bytes:,} B + "
          f"scales/zero points {report.grid_bytes:,} B + other tensors {other:,} B + header "
          f"{sizes['header_bytes']:,} B")
-    say(f"       float32 equivalent {sizes['float32_model_bytes']:,} B ({_mib(sizes['float32_model_bytes'])}): "
+    say(f"       float32 equivalent {sizes['float32_model_bytes']:,} B ({mib(sizes['float32_model_bytes'])}): "
          f"the file is {sizes['float32_model_bytes'] / max(1, file_bytes):.1f}x smaller; weights "
          f"{report.compression_ratio:.1f}x at {report.average_bits:.2f} average bits")
     return 0
@@ -242,15 +124,6 @@ def _bounded_scalars(values: dict, limit: int = 4096) -> bool:
                for v in values.values())
 
 
-def _in_chans(args, spec: str) -> dict:
-    """``{"in_chans": N}`` from ``--in-chans`` (timm models only), else nothing."""
-    if getattr(args, "in_chans", None) is None:
-        return {}
-    if not is_timm_spec(spec):
-        raise CliError(f"--in-chans applies to --model timm:NAME only, not {spec!r}")
-    return {"in_chans": args.in_chans}
-
-
 def _eval_model(args, header: dict, meta: dict):
     """``(spec, build)`` for eval: a recorded spec only through the allow-list, sizes checked on ``meta``."""
     spec = args.model or meta.get("model")
@@ -266,7 +139,7 @@ def _eval_model(args, header: dict, meta: dict):
     num_classes = args.num_classes or rec["num_classes"] or 10
     model_kwargs = rec["model_kwargs"] if spec == meta.get("model") else {}
     if builder is None:
-        model_kwargs = {**model_kwargs, **_in_chans(args, spec)}
+        model_kwargs = {**model_kwargs, **in_chans_kwargs(args, spec)}
     if builder is None and not _bounded_scalars(model_kwargs):
         raise CliError(f"{args.file} records unusable model arguments; pass --model to rebuild it")
 
@@ -303,7 +176,7 @@ def _cmd_eval(args) -> int:
     test_fraction = rec["test_fraction"]
 
     if args.data is None:
-        from fxquant.demo import synthetic_dataset
+        from fxquant.data.synthetic import synthetic_dataset
 
         if rec["synthetic"] is None:
             raise CliError(f"{args.file} records no usable synthetic-data parameters; pass --data PATH")
@@ -354,7 +227,7 @@ def _cmd_export(args) -> int:
     return cmd_export(args)
 
 
-_COMMANDS = {"compress": _cmd_compress, "inspect": _cmd_inspect, "eval": _cmd_eval, "demo": _cmd_demo,
+_COMMANDS = {"compress": cmd_compress, "inspect": _cmd_inspect, "eval": _cmd_eval, "demo": _cmd_demo,
              "export": _cmd_export}
 
 
@@ -370,7 +243,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 0
-    with progress_logging(args.quiet, args.debug), one_line_warnings():
+    level = logging.DEBUG if args.debug else logging.WARNING if args.quiet else logging.INFO
+    with progress_logging(level), one_line_warnings():
         try:
             return _COMMANDS[args.command](args)
         except KeyboardInterrupt:

@@ -22,7 +22,7 @@ from pathlib import Path
 from fxquant.cli.output import CliError, one_line
 
 __all__ = ["check_model_spec", "build_model", "check_file", "load_checkpoint", "load_weights", "TIMM_PREFIX",
-           "is_timm_spec", "check_timm_name", "build_timm_model"]
+           "is_timm_spec", "check_timm_name", "build_timm_model", "in_chans_kwargs"]
 
 
 @contextlib.contextmanager
@@ -158,6 +158,15 @@ def build_timm_model(name: str, num_classes: int, in_chans: int = 3):
         raise CliError(f"cannot build timm:{name}(num_classes={num_classes}, in_chans={in_chans}): "
                        f"{type(e).__name__}: {one_line(str(e), 300)}") from e
     return model.eval()
+
+
+def in_chans_kwargs(args, spec: str) -> dict:
+    """``{"in_chans": N}`` from ``--in-chans`` (timm models only), else nothing."""
+    if getattr(args, "in_chans", None) is None:
+        return {}
+    if not is_timm_spec(spec):
+        raise CliError(f"--in-chans applies to --model timm:NAME only, not {spec!r}")
+    return {"in_chans": args.in_chans}
 
 
 def _is_fxq(path: Path) -> bool:

@@ -38,24 +38,24 @@ def _image_size(text: str) -> tuple[int, int]:
     return values
 
 
-def _positive_int(text: str) -> int:
+def _checked(text: str, convert, ok, expected: str, invalid: str):
+    """``convert(text)`` if it parses and ``ok`` accepts it; argparse's one-line error otherwise."""
     try:
-        value = int(text)
+        value = convert(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+        raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}") from None
+    if not ok(value):
+        raise argparse.ArgumentTypeError(f"expected {invalid}, got {text!r}")
     return value
+
+
+def _positive_int(text: str) -> int:
+    return _checked(text, int, lambda v: v >= 1, "a positive integer", "a positive integer")
 
 
 def _margin(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number of percentage points, got {text!r}") from None
-    if not (math.isfinite(value) and value >= 0):
-        raise argparse.ArgumentTypeError(f"expected a finite number >= 0, got {text!r}")
-    return value
+    return _checked(text, float, lambda v: math.isfinite(v) and v >= 0, "a number of percentage points",
+                    "a finite number >= 0")
 
 
 def _add_input_options(p: argparse.ArgumentParser, *, for_eval: bool) -> None:

@@ -212,7 +212,7 @@ def _synthetic(params, file) -> dict | None:
     checked = {key: _int_in(params, key, low, high, file, prefix="synthetic.") for key, (low, high) in
                {"per_class": (1, 100_000), "size": (8, 512), "seed": (0, 2**63 - 1), "version": (0, 1000)}.items()}
     checked = {k: v for k, v in checked.items() if v is not None}
-    from fxquant.demo import BANDS, SYNTHETIC_CLASSES  # only once the file asks for synthetic data
+    from fxquant.data.synthetic import BANDS, SYNTHETIC_CLASSES  # only once the file asks for synthetic data
 
     elements = len(SYNTHETIC_CLASSES) * checked.get("per_class", 600) * len(BANDS) * checked.get("size", 32) ** 2
     if elements > MAX_SYNTHETIC_ELEMENTS:

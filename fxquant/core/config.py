@@ -4,12 +4,26 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
-__all__ = ["QuantConfig", "GRANULARITIES", "SCHEMES", "CLIPPINGS", "ROUNDINGS"]
+__all__ = ["QuantConfig", "GRANULARITIES", "SCHEMES", "CLIPPINGS", "ROUNDINGS", "MAX_BITS", "is_bit_width",
+           "check_bits"]
 
 GRANULARITIES = ("per_channel", "per_tensor")
 SCHEMES = ("affine", "symmetric")
 CLIPPINGS = ("minmax", "mse")
 ROUNDINGS = ("auto", "nearest", "gptq")
+MAX_BITS = 8  # codes are packed into bytes: 1..8 bits per weight
+
+
+def is_bit_width(value) -> bool:
+    """True for an int (not a bool) in 1..:data:`MAX_BITS`."""
+    return isinstance(value, int) and not isinstance(value, bool) and 1 <= value <= MAX_BITS
+
+
+def check_bits(value, what: str) -> int:
+    """``value`` if it is a bit-width (an int in 1..8); else ValueError ``"<what> must be an int in 1..8"``."""
+    if not is_bit_width(value):
+        raise ValueError(f"{what} must be an int in 1..{MAX_BITS}, got {value!r}")
+    return value
 
 
 @dataclass(frozen=True)
@@ -63,8 +77,7 @@ class QuantConfig:
     calib_samples: int = 1024
 
     def __post_init__(self) -> None:
-        if isinstance(self.bits, bool) or not isinstance(self.bits, int) or not 1 <= self.bits <= 8:
-            raise ValueError(f"QuantConfig.bits must be an int in 1..8, got {self.bits!r}")
+        check_bits(self.bits, "QuantConfig.bits")
         if self.granularity not in GRANULARITIES:
             raise ValueError(
                 f"QuantConfig.granularity must be one of {GRANULARITIES}, got {self.granularity!r}"

@@ -16,7 +16,10 @@ from __future__ import annotations
 import math
 from typing import Sequence
 
-__all__ = ["normalized_params", "normalized_variance", "importance", "importance_scores", "average_bits"]
+__all__ = ["normalized_params", "normalized_variance", "importance", "importance_scores", "average_bits",
+           "FLOAT_BITS"]
+
+FLOAT_BITS = 32  # what eq. 5 counts for a layer left in float
 
 
 def normalized_params(params: Sequence[int]) -> list[float]:
@@ -53,8 +56,8 @@ def importance_scores(params: Sequence[int], variances: Sequence[float], w_p: fl
     return n_p, n_v, [importance(p, v, w_p, w_v) for p, v in zip(n_p, n_v)]
 
 
-def average_bits(params: Sequence[int], bits: Sequence[float]) -> float:
-    """Eq. 5: the parameter-weighted mean bit-width (float layers count as 32 bits if given so)."""
+def average_bits(params: Sequence[int], bits: Sequence[float | None]) -> float:
+    """Eq. 5: the parameter-weighted mean bit-width; ``None`` (a float layer) counts as :data:`FLOAT_BITS`."""
     if len(params) != len(bits):
         raise ValueError(f"average_bits: {len(params)} sizes but {len(bits)} bit-widths")
-    return sum(n * b for n, b in zip(normalized_params(params), bits))
+    return sum(n * (FLOAT_BITS if b is None else b) for n, b in zip(normalized_params(params), bits))

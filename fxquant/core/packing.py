@@ -48,19 +48,15 @@ import sys
 import numpy as np
 import torch
 
+from fxquant.core.config import check_bits
+
 __all__ = ["pack", "unpack", "packed_nbytes"]
 
-_MAX_BITS = 8
-
-
-def _check_bits(bits: int) -> None:
-    if isinstance(bits, bool) or not isinstance(bits, int) or not 1 <= bits <= _MAX_BITS:
-        raise ValueError(f"bits must be an int in 1..{_MAX_BITS}, got {bits!r}")
 
 
 def packed_nbytes(numel: int, bits: int) -> int:
     """Bytes that ``numel`` codes of ``bits`` bits occupy: ``ceil(numel * bits / 8)``."""
-    _check_bits(bits)
+    check_bits(bits, "bits")
     if numel < 0:
         raise ValueError(f"numel must be >= 0, got {numel}")
     return math.ceil(numel * bits / 8)
@@ -77,7 +73,7 @@ def pack(codes: torch.Tensor, bits: int) -> torch.Tensor:
     See the module docstring for the bit layout and a worked example. The result
     has exactly ``ceil(codes.numel() * bits / 8)`` bytes.
     """
-    _check_bits(bits)
+    check_bits(bits, "bits")
     if codes.is_floating_point() or codes.is_complex() or codes.dtype == torch.bool:
         raise ValueError(f"codes must be an integer tensor, got dtype {codes.dtype}")
     flat = codes.reshape(-1)
@@ -105,7 +101,7 @@ def pack(codes: torch.Tensor, bits: int) -> torch.Tensor:
 
 def unpack(packed: torch.Tensor, bits: int, numel: int) -> torch.Tensor:
     """Inverse of :func:`pack`: the first ``numel`` codes of ``packed`` as a flat uint8 tensor."""
-    _check_bits(bits)
+    check_bits(bits, "bits")
     if packed.dtype != torch.uint8:
         raise ValueError(f"packed must be a uint8 tensor, got dtype {packed.dtype}")
     need = packed_nbytes(numel, bits)

@@ -21,7 +21,7 @@ import hashlib
 import logging
 import math
 import os
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,16 +30,18 @@ import numpy as np
 import torch
 from PIL import Image
 
+from fxquant.data.batches import EUROSAT_MEAN, EUROSAT_STD, ImageBatches, normalize
+
 __all__ = [
-    "DEFAULT_EUROSAT_ROOT",
-    "EUROSAT_MEAN",
+        "EUROSAT_MEAN",
     "EUROSAT_STD",
     "EuroSATArrays",
     "EuroSATSplits",
-    "TensorBatches",
+    "ImageBatches",
     "cache_dir",
     "calibration_indices",
     "eurosat_available",
+    "eurosat_root",
     "eurosat_splits",
     "load_eurosat",
     "normalize",
@@ -48,28 +50,31 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-_REPO_ROOT = Path(__file__).resolve().parent.parent
 _CACHE_NAME = "eurosat_rgb_uint8.pt"
 _CACHE_VERSION = 1
 _IMAGE_SIZE = 64
 
 
-def _default_root() -> Path:
-    env = os.environ.get("FXQUANT_EUROSAT_ROOT")
+ROOT_ENV = "FXQUANT_EUROSAT_ROOT"
+#: Where EuroSAT is looked for when neither an argument nor ``$FXQUANT_EUROSAT_ROOT`` says:
+#: relative to the current directory (a checkout's root next to the shared data), never
+#: to the package, which may be installed anywhere.
+CWD_DEFAULT_ROOT = Path("..") / "shared" / "data"
+
+
+def eurosat_root(root: str | os.PathLike | None = None) -> Path:
+    """The EuroSAT root to read: ``root``, else ``$FXQUANT_EUROSAT_ROOT``, else ``./../shared/data``."""
+    if root is not None:
+        return Path(root).expanduser().resolve()
+    env = os.environ.get(ROOT_ENV)
     if env:
         return Path(env).expanduser().resolve()
-    return (_REPO_ROOT / ".." / "shared" / "data").resolve()
+    return (Path.cwd() / CWD_DEFAULT_ROOT).resolve()
 
 
-#: torchvision-style EuroSAT root (the folder containing ``eurosat/2750``):
-#: ``../shared/data`` relative to the repository root, or ``$FXQUANT_EUROSAT_ROOT``.
-DEFAULT_EUROSAT_ROOT: Path = _default_root()
-
-# Per-channel statistics of all 27,000 EuroSAT RGB images after scaling to [0, 1].
-# Computed once by us from the decoded data (float64 mean / population std over
-# N, H, W); hard-coded so that normalisation does not depend on the split.
-EUROSAT_MEAN: tuple[float, float, float] = (0.3443760, 0.3802908, 0.4077703)
-EUROSAT_STD: tuple[float, float, float] = (0.2026608, 0.1368966, 0.1155501)
+def _where_looked(root: str | os.PathLike | None) -> str:
+    return (f"the 'root' argument ({root}), ${ROOT_ENV} ({os.environ.get(ROOT_ENV) or 'unset'}), "
+            f"or ./{CWD_DEFAULT_ROOT.as_posix()} from the current directory ({Path.cwd()})")
 
 
 def cache_dir() -> Path:
@@ -86,19 +91,19 @@ def cache_dir() -> Path:
 
 def _image_dir(root: str | os.PathLike | None) -> Path:
     """Map a torchvision-style root (or the ``2750`` folder itself) to the image folder."""
-    base = _default_root() if root is None else Path(root).expanduser().resolve()
+    base = eurosat_root(root)
     for candidate in (base / "eurosat" / "2750", base / "2750", base):
         if candidate.is_dir() and any(p.is_dir() for p in candidate.iterdir()):
             return candidate
     return base / "eurosat" / "2750"
 
 
-def _list_files(image_dir: Path) -> tuple[tuple[str, ...], list[Path], list[int]]:
+def _list_files(image_dir: Path, root: str | os.PathLike | None) -> tuple[tuple[str, ...], list[Path], list[int]]:
     """Classes (sorted, like ImageFolder) and JPEG paths/labels in sorted order."""
     if not image_dir.is_dir():
         raise FileNotFoundError(
-            f"EuroSAT image folder not found: {image_dir} (check the 'root' argument "
-            f"or $FXQUANT_EUROSAT_ROOT; expected <root>/eurosat/2750/<ClassName>/*.jpg)"
+            f"EuroSAT image folder not found: {image_dir} (the root comes from {_where_looked(root)}; "
+            f"expected <root>/eurosat/2750/<ClassName>/*.jpg)"
         )
     classes = tuple(sorted(p.name for p in image_dir.iterdir() if p.is_dir()))
     files: list[Path] = []
@@ -110,7 +115,7 @@ def _list_files(image_dir: Path) -> tuple[tuple[str, ...], list[Path], list[int]
         labels.extend([label] * len(jpgs))
     if not files:
         raise FileNotFoundError(
-            f"no EuroSAT JPEGs found under {image_dir} (check the 'root' argument)"
+            f"no EuroSAT JPEGs found under {image_dir} (the root comes from {_where_looked(root)})"
         )
     return classes, files, labels
 
@@ -175,7 +180,7 @@ def load_eurosat(root: str | os.PathLike | None = None, *, use_cache: bool = Tru
 
     Args:
         root: torchvision-style root containing ``eurosat/2750`` (the ``2750`` folder
-            itself is accepted too). Defaults to :data:`DEFAULT_EUROSAT_ROOT`.
+            itself is accepted too). Default: :func:`eurosat_root` (``$FXQUANT_EUROSAT_ROOT``, else ``./../shared/data``).
         use_cache: read/write the decoded tensors from/to
             ``cache_dir()/eurosat_rgb_uint8.pt``. The cache records the image folder,
             the file count and a hash of the file list and is rebuilt if they differ.
@@ -184,7 +189,7 @@ def load_eurosat(root: str | os.PathLike | None = None, *, use_cache: bool = Tru
         FileNotFoundError: if the folder is missing or contains no JPEGs.
     """
     image_dir = _image_dir(root)
-    classes, files, labels = _list_files(image_dir)
+    classes, files, labels = _list_files(image_dir, root)
     key = _cache_key(image_dir, classes, files)
     cache_file = cache_dir() / _CACHE_NAME if use_cache else None
 
@@ -265,72 +270,6 @@ def calibration_indices(labels: torch.Tensor, train_idx: torch.Tensor, size: int
     return torch.cat(picked).sort().values
 
 
-def normalize(images_uint8: torch.Tensor) -> torch.Tensor:
-    """Scale uint8 images ``[..., 3, H, W]`` to [0, 1] and standardise per channel (float32)."""
-    if not isinstance(images_uint8, torch.Tensor) or images_uint8.dtype != torch.uint8:
-        raise ValueError("'images_uint8' must be a torch.uint8 tensor")
-    if images_uint8.dim() < 3 or images_uint8.shape[-3] != 3:
-        raise ValueError(f"'images_uint8' must have shape [..., 3, H, W], got {tuple(images_uint8.shape)}")
-    mean = torch.tensor(EUROSAT_MEAN, dtype=torch.float32).view(3, 1, 1)
-    inv_std = 1.0 / torch.tensor(EUROSAT_STD, dtype=torch.float32).view(3, 1, 1)
-    x = images_uint8.to(torch.float32).div_(255.0)
-    return x.sub_(mean).mul_(inv_std)
-
-
-class TensorBatches:
-    """Re-iterable ``(x, y)`` batches over an in-memory uint8 image tensor.
-
-    ``x`` is the normalised float32 batch ``[B, 3, H, W]`` (see :func:`normalize`),
-    ``y`` the int64 labels. Each ``iter()`` starts a new pass; with ``shuffle=True``
-    pass ``k`` uses the permutation from a generator seeded with ``seed + k``, so
-    passes differ but are reproducible. ``augment`` (optional) is applied to the
-    normalised batch: ``augment(x) -> x``.
-    """
-
-    def __init__(self, images: torch.Tensor, labels: torch.Tensor,
-                 indices: torch.Tensor | None = None, *, batch_size: int = 256,
-                 shuffle: bool = False, seed: int = 0,
-                 augment: Callable[[torch.Tensor], torch.Tensor] | None = None,
-                 drop_last: bool = False) -> None:
-        if images.dtype != torch.uint8 or images.dim() != 4:
-            raise ValueError("'images' must be a uint8 tensor of shape [N, 3, H, W]")
-        labels = _check_labels(labels)
-        if labels.numel() != images.shape[0]:
-            raise ValueError(f"'labels' has {labels.numel()} entries but 'images' has {images.shape[0]}")
-        if batch_size < 1:
-            raise ValueError(f"'batch_size' must be >= 1, got {batch_size}")
-        if indices is None:
-            indices = torch.arange(images.shape[0])
-        indices = torch.as_tensor(indices, dtype=torch.int64).flatten()
-        if indices.numel() and (indices.min() < 0 or indices.max() >= images.shape[0]):
-            raise ValueError("'indices' out of range for 'images'")
-        self.images, self.labels, self.indices = images, labels, indices
-        self.batch_size, self.shuffle, self.seed = int(batch_size), bool(shuffle), int(seed)
-        self.augment, self.drop_last = augment, bool(drop_last)
-        self.epoch = 0  # number of passes started so far
-
-    def __len__(self) -> int:
-        n = self.indices.numel()
-        return n // self.batch_size if self.drop_last else math.ceil(n / self.batch_size)
-
-    @property
-    def num_samples(self) -> int:
-        return int(self.indices.numel())
-
-    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        order = self.indices
-        if self.shuffle:
-            gen = torch.Generator().manual_seed(self.seed + self.epoch)
-            order = order[torch.randperm(order.numel(), generator=gen)]
-        self.epoch += 1
-        for b in range(len(self)):
-            idx = order[b * self.batch_size:(b + 1) * self.batch_size]
-            x = normalize(self.images[idx])
-            if self.augment is not None:
-                x = self.augment(x)
-            yield x, self.labels[idx]
-
-
 @dataclass(frozen=True, eq=False)
 class EuroSATSplits:
     """Decoded data plus seeded train/test/calibration index tensors."""
@@ -343,16 +282,16 @@ class EuroSATSplits:
     seed: int = 0
 
     def loader(self, indices: torch.Tensor, *, batch_size: int | None = None,
-               **kwargs) -> TensorBatches:
-        """:class:`TensorBatches` over ``indices`` (keyword args passed through)."""
-        return TensorBatches(self.arrays.images, self.arrays.labels, indices,
+               **kwargs) -> ImageBatches:
+        """:class:`ImageBatches` over ``indices`` (keyword args passed through)."""
+        return ImageBatches(self.arrays.images, self.arrays.labels, indices,
                              batch_size=batch_size or self.batch_size, **kwargs)
 
-    def calib_loader(self, batch_size: int | None = None) -> TensorBatches:
+    def calib_loader(self, batch_size: int | None = None) -> ImageBatches:
         """Unshuffled, unaugmented batches over the calibration subset."""
         return self.loader(self.calib_idx, batch_size=batch_size)
 
-    def test_loader(self, batch_size: int | None = None) -> TensorBatches:
+    def test_loader(self, batch_size: int | None = None) -> ImageBatches:
         """Unshuffled batches over the held-out test split."""
         return self.loader(self.test_idx, batch_size=batch_size)
 
@@ -361,7 +300,7 @@ class EuroSATSplits:
         rest = self.train_idx[~torch.isin(self.train_idx, self.calib_idx)]
         return calibration_indices(self.arrays.labels, rest, size, self.seed + 1)
 
-    def stats_loader(self, size: int = 1024, batch_size: int | None = None) -> TensorBatches:
+    def stats_loader(self, size: int = 1024, batch_size: int | None = None) -> ImageBatches:
         """Batches for data-aware rounding's statistics: training images the search's oracle never
         scores (``fxquant.compress(..., stats_loader=...)``)."""
         return self.loader(self.stats_indices(size), batch_size=batch_size)

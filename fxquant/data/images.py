@@ -3,95 +3,34 @@
 :func:`load_data` reads a EuroSAT root (:func:`fxquant.data.eurosat.load_eurosat`)
 or any ImageFolder (``<root>/<class>/<image>``, decoded with Pillow) into
 :class:`LabelledImages`, which splits itself with the seeded stratified split
-and yields normalised, resized batches (:class:`FloatBatches` for data that is
-not 3-channel uint8). :func:`accuracy` is top-1 over such batches. Every
-problem is a :class:`fxquant.cli.output.CliError`.
+and yields normalised, resized :class:`fxquant.data.batches.ImageBatches`.
+:func:`accuracy` is top-1 over such batches. Every problem is a
+:class:`DataError` (a ``ValueError``) naming the file or folder at fault.
 """
 
 from __future__ import annotations
 
 import logging
-import math
 import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from fxquant.cli.output import CliError
+from fxquant.data.batches import ImageBatches
 
-__all__ = ["TEST_FRACTION", "LabelledImages", "FloatBatches", "load_data", "accuracy", "stats_loader"]
+__all__ = ["TEST_FRACTION", "DataError", "LabelledImages", "load_data", "accuracy", "stats_loader"]
 
-log = logging.getLogger("fxquant.cli")
+log = logging.getLogger("fxquant.data")
 
 _IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
 TEST_FRACTION = 0.2
 
 
-class FloatBatches:
-    """Re-iterable normalised ``(x, y)`` batches over an in-memory float image tensor ``[N, C, H, W]``.
+class DataError(ValueError):
+    """The data cannot be used as given (missing folder, unreadable or mixed-size images, ...).
 
-    The counterpart of :class:`fxquant.data.eurosat.TensorBatches` for data that is
-    not 3-channel uint8 (the demo's 13-band synthetic images): ``x = (images -
-    mean) / std``, resized to ``size`` if given; with ``shuffle``, pass ``k``
-    uses a permutation seeded with ``seed + k``.
+    A ``ValueError``: the command line prints it as its one-line error.
     """
-
-    def __init__(self, images, labels, indices, *, mean, std, size=None, batch_size=128, shuffle=False,
-                 seed=0):
-        import torch
-
-        self.images, self.labels = images, labels
-        self.indices = torch.as_tensor(indices, dtype=torch.int64).flatten()
-        channels = images.shape[1]
-        self.mean = torch.as_tensor(mean, dtype=torch.float32).view(1, channels, 1, 1)
-        self.std = torch.as_tensor(std, dtype=torch.float32).view(1, channels, 1, 1)
-        self.size = None if size is None or tuple(size) == tuple(images.shape[-2:]) else tuple(size)
-        self.batch_size, self.shuffle, self.seed, self.epoch = int(batch_size), bool(shuffle), int(seed), 0
-
-    def __len__(self) -> int:
-        return math.ceil(self.indices.numel() / self.batch_size)
-
-    def __iter__(self):
-        import torch
-
-        order = self.indices
-        if self.shuffle:
-            order = order[torch.randperm(order.numel(), generator=torch.Generator().manual_seed(self.seed +
-                                                                                               self.epoch))]
-        self.epoch += 1
-        for b in range(len(self)):
-            idx = order[b * self.batch_size:(b + 1) * self.batch_size]
-            x = (self.images[idx].to(torch.float32) - self.mean) / self.std
-            yield _resize(x, self.size), self.labels[idx]
-
-
-def _resize(x, size):
-    """Bilinear, antialiased resize of a float batch (the same function for compress, eval and demo)."""
-    if size is None or tuple(x.shape[-2:]) == tuple(size):
-        return x
-    import torch.nn.functional as F
-
-    return F.interpolate(x, size=tuple(size), mode="bilinear", antialias=True, align_corners=False)
-
-
-class _Renormalize:
-    """``TensorBatches`` normalises with the EuroSAT constants: re-normalise to ``mean/std`` and resize."""
-
-    def __init__(self, mean, std, size):
-        import torch
-
-        from fxquant.data.eurosat import EUROSAT_MEAN, EUROSAT_STD
-
-        em, es = (torch.tensor(v, dtype=torch.float32).view(1, 3, 1, 1) for v in (EUROSAT_MEAN, EUROSAT_STD))
-        m, s = (torch.tensor(v, dtype=torch.float32).view(1, 3, 1, 1) for v in (mean, std))
-        self.identity = tuple(mean) == tuple(EUROSAT_MEAN) and tuple(std) == tuple(EUROSAT_STD)
-        self.scale, self.shift = es / s, (em - m) / s
-        self.size = size
-
-    def __call__(self, x):
-        if not self.identity:
-            x = x * self.scale + self.shift
-        return _resize(x, self.size)
 
 
 @dataclass
@@ -120,16 +59,8 @@ class LabelledImages:
         return stratified_split(self.labels, test_fraction, seed)
 
     def loader(self, indices, *, mean, std, size=None, batch_size=128, shuffle=False, seed=0):
-        """Normalised batches over ``indices``, resized to ``size`` (``(H, W)``) if it differs."""
-        import torch
-
-        if self.images.dtype == torch.uint8 and self.channels == 3:
-            from fxquant.data.eurosat import TensorBatches
-
-            size = None if size is None or tuple(size) == self.native_size else tuple(size)
-            return TensorBatches(self.images, self.labels, indices, batch_size=batch_size, shuffle=shuffle,
-                                 seed=seed, augment=_Renormalize(mean, std, size))
-        return FloatBatches(self.images, self.labels, indices, mean=mean, std=std, size=size,
+        """Normalised :class:`ImageBatches` over ``indices``, resized to ``size`` (``(H, W)``) if it differs."""
+        return ImageBatches(self.images, self.labels, indices, mean=mean, std=std, size=size,
                             batch_size=batch_size, shuffle=shuffle, seed=seed)
 
     def describe(self) -> str:
@@ -158,7 +89,7 @@ def _decode_folder(root: Path, image_size: tuple[int, int] | None):
         files += found
         labels += [label] * len(found)
     if not files:
-        raise CliError(f"no images found under {root} (expected {root}/<class>/<image>.png|jpg|... or a EuroSAT "
+        raise DataError(f"no images found under {root} (expected {root}/<class>/<image>.png|jpg|... or a EuroSAT "
                        "root holding eurosat/2750)")
     log.info("decoding %d images of %d classes from %s", len(files), len(classes), root)
 
@@ -170,14 +101,14 @@ def _decode_folder(root: Path, image_size: tuple[int, int] | None):
                     im = im.resize((image_size[1], image_size[0]), Image.BILINEAR)
                 return np.asarray(im)
         except Exception as e:  # noqa: BLE001
-            raise CliError(f"cannot read image {path}: {type(e).__name__}: {e}") from e
+            raise DataError(f"cannot read image {path}: {type(e).__name__}: {e}") from e
 
     with ThreadPoolExecutor(max_workers=max(1, min(4, os.cpu_count() or 1))) as pool:
         arrays = list(pool.map(decode, files))
     shapes = {a.shape for a in arrays}
     if len(shapes) > 1:
         (h1, w1, _), (h2, w2, _) = sorted(shapes)[:2]
-        raise CliError(f"the images under {root} have different sizes ({h1}x{w1}, {h2}x{w2}, ...); pass "
+        raise DataError(f"the images under {root} have different sizes ({h1}x{w1}, {h2}x{w2}, ...); pass "
                        "--image-size N to resize them")
     images = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()
     return images, torch.tensor(labels, dtype=torch.int64), tuple(classes)
@@ -187,9 +118,9 @@ def load_data(path: str | os.PathLike, image_size: tuple[int, int] | None = None
     """A EuroSAT root (decoded with :func:`fxquant.data.eurosat.load_eurosat`, cached) or any ImageFolder."""
     root = Path(path).expanduser()
     if not root.exists():
-        raise CliError(f"no data at {path}")
+        raise DataError(f"no data at {path}")
     if not root.is_dir():
-        raise CliError(f"--data {path} is not a folder (expected a EuroSAT root or an ImageFolder)")
+        raise DataError(f"{path} is not a folder (expected a EuroSAT root or an ImageFolder)")
     if _eurosat_folder(root):
         from fxquant.data.eurosat import cache_dir, load_eurosat
 
@@ -219,7 +150,7 @@ def accuracy(model, loader, what: str) -> tuple[float, int]:
                 last = time.perf_counter()
                 log.info("  %s: %s/%s images", what, f"{seen:,}", f"{total:,}" if total else "?")
     if seen == 0:
-        raise CliError(f"{what}: no images to evaluate")
+        raise DataError(f"{what}: no images to evaluate")
     return 100.0 * correct / seen, seen
 
 

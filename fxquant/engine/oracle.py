@@ -11,16 +11,14 @@ oracles are always called on the whole model.
 from __future__ import annotations
 
 import math
-from typing import Callable, Iterable
+from typing import Iterable
 
 import torch
 from torch import nn
 
 from fxquant.core.calibration import check_inputs
 
-__all__ = ["AccuracyOracle", "Oracle", "check_oracle_value"]
-
-Oracle = Callable[[nn.Module], float]
+__all__ = ["AccuracyOracle", "check_oracle_value"]
 
 
 def check_oracle_value(value, who: str = "oracle") -> float:

@@ -48,9 +48,9 @@ import torch
 
 from fxquant._version import __version__
 
-__all__ = ["FxqFormatError", "MAGIC", "FORMAT_VERSION", "DTYPES", "DTYPE_NAMES", "KINDS", "MAX_MESSAGE",
-           "MAX_INT", "bounded", "check_fields", "tensor_identity", "pack_tensors", "write_container",
-           "read_container", "check_tensors", "check_finite", "unpack_tensors"]
+__all__ = ["FxqFormatError", "MAGIC", "FORMAT_VERSION", "FRAMING_BYTES", "DTYPES", "DTYPE_NAMES", "KINDS",
+           "MAX_MESSAGE", "MAX_INT", "bounded", "check_fields", "tensor_identity", "pack_tensors",
+           "write_container", "read_container", "check_tensors", "check_finite", "unpack_tensors"]
 
 MAGIC = b"FXQUANT\0"
 FORMAT_VERSION = 1
@@ -70,6 +70,8 @@ DTYPE_NAMES = {dtype: name for name, dtype in DTYPES.items()}
 _PREAMBLE = struct.Struct("<8sIQ")  # magic, format version, header length
 _DIGEST = 32  # sha256
 _MAX_DIMS = 16
+#: Bytes of a file outside its JSON header and its data section (preamble + header digest).
+FRAMING_BYTES = _PREAMBLE.size + _DIGEST
 _ALIGN = 8
 MAX_MESSAGE = 500  # characters of an error message: a crafted field must not make a 300 KB message
 MAX_INT = 2**63 - 1  # JSON integers beyond int64 are refused (no field needs them; 10**400 overflows floats)

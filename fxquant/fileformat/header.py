@@ -21,7 +21,7 @@ from torch import fx, nn
 
 from fxquant._version import __version__
 from fxquant.nn.attention import QuantMultiheadAttention
-from fxquant.core.config import QuantConfig
+from fxquant.core.config import QuantConfig, is_bit_width
 from fxquant.fileformat.container import FORMAT_VERSION, KINDS, FxqFormatError, check_fields, check_tensors
 from fxquant.nn.modules import is_quantized_module
 from fxquant.reporting.report import report
@@ -218,7 +218,7 @@ def parse_header(header: dict) -> SavedModel:
                              "header")
     bits = top["bits"]
     for name, b in bits.items():
-        if b is not None and not (KINDS["int"](b) and 1 <= b <= 8):
+        if b is not None and not is_bit_width(b):
             raise FxqFormatError(f"malformed header: layer {name!r} has bits {b!r}, expected 1..8 or null",
                                  "header")
     infos = []

@@ -5,10 +5,10 @@ every other tensor of the ``state_dict`` (biases, norm parameters and buffers,
 float layers) as it is, and a JSON header describing how to rebuild the model:
 the bit-width of every layer, the quantizer settings, the leaf modules, the
 per-layer annotations and the search summary (so ``fxquant.report`` of the
-loaded model equals that of the saved one). ``load(path, model)`` re-runs
-``fxquant.quantize`` on an uncompressed instance of the same architecture (its
-weights are irrelevant) and fills every tensor from the file: the result
-computes bit-identical outputs.
+loaded model equals that of the saved one). ``load(path, model)`` re-runs the
+passes (trace, find layers, rewrite at the saved widths) on an uncompressed
+instance of the same architecture (its weights are irrelevant) and fills every
+tensor from the file: the result computes bit-identical outputs.
 
 The file layout, versioning and integrity checks are :mod:`fxquant.fileformat.container`;
 the header's content is :mod:`fxquant.fileformat.header`. This module ties them to
@@ -30,7 +30,7 @@ import torch
 from torch import fx, nn
 
 from fxquant import passes
-from fxquant.api import quantize
+from fxquant.passes.reparam import copy_model
 from fxquant.nn.attention import QuantMultiheadAttention
 from fxquant.fileformat.container import (
     DTYPE_NAMES,
@@ -145,14 +145,14 @@ def _owner_of(key: str, layer_names) -> str:
 def _working_copy(model: nn.Module, training: bool = False) -> nn.Module:
     """``model``, or a copy in eval mode (tracing may depend on the mode) with finite weights.
 
-    The weights are overwritten from the file, but ``fxquant.quantize`` refuses
-    NaN/inf: non-finite tensors (e.g. from ``torch.empty``) get finite stand-ins.
+    The weights are overwritten from the file, but the quantizer refuses NaN/inf:
+    non-finite tensors (e.g. from ``torch.empty``) get finite stand-ins.
     """
     tensors = [*model.named_parameters(), *model.named_buffers()]
     bad = {name for name, t in tensors if t.is_floating_point() and not bool(torch.isfinite(t).all())}
     if model.training == training and not bad:
-        return model  # fxquant.quantize copies it anyway
-    work = passes.reparam.copy_model(model).train(training)
+        return model  # tracing copies it anyway
+    work = copy_model(model).train(training)
     gen = torch.Generator().manual_seed(0)
     with torch.no_grad():
         for name, t in [*work.named_parameters(), *work.named_buffers()]:
@@ -164,10 +164,11 @@ def _working_copy(model: nn.Module, training: bool = False) -> nn.Module:
 def _rebuild(saved: SavedModel, model: nn.Module, mapping) -> fx.GraphModule:
     work = _working_copy(model)  # always eval: see load()
     try:
-        names = passes.find_layers(passes.trace(work, leaf_modules=saved.leaf_modules))
+        gm = passes.trace(work, leaf_modules=saved.leaf_modules)
+        layers = passes.find_layers(gm)
     except Exception as e:  # noqa: BLE001 - any tracing failure means the model does not fit the file
         raise _mismatch(saved, model, f"cannot trace it as saved: {type(e).__name__}: {e}") from e
-    have = [layer.name for layer in names]
+    have = [layer.name for layer in layers]
     missing = [n for n in saved.bits if n not in set(have)]
     if missing:
         raise _mismatch(saved, model, f"the file holds layer {missing[0]!r}, which the model does not have"
@@ -184,8 +185,8 @@ def _rebuild(saved: SavedModel, model: nn.Module, mapping) -> fx.GraphModule:
     # The weights come from the file: rebuilding needs no data, whatever rounding made them.
     rebuild_cfg = dataclasses.replace(saved.quant, rounding="nearest", bias_correction=False)
     try:
-        gm = quantize(work, dict(saved.bits), config=rebuild_cfg, leaf_modules=saved.leaf_modules,
-                      mapping=mapping)
+        passes.annotate_importance(gm, layers=layers)
+        gm = passes.rewrite(gm, dict(saved.bits), config=rebuild_cfg, mapping=mapping, layers=layers)
     except Exception as e:  # noqa: BLE001
         raise _mismatch(saved, model, f"cannot quantize it as saved: {type(e).__name__}: {e}") from e
     _add_corrected_biases(saved, gm)

@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fxquant.core.config import QuantConfig
+from fxquant.core.config import QuantConfig, check_bits
 from fxquant.core.packing import pack, packed_nbytes, unpack
 from fxquant.core.quantizer import QuantizedWeight, dequantize, quantize_weight
 
@@ -51,9 +51,7 @@ class _PackedWeightMixin:
     """Buffers and (de)quantization shared by every packed-weight module."""
 
     def _init_packed(self, weight_shape, bits: int, per_channel: bool = True) -> None:
-        if isinstance(bits, bool) or not isinstance(bits, int) or not 1 <= bits <= 8:
-            raise ValueError(f"{type(self).__name__}: bits must be an int in 1..8, got {bits!r}")
-        self.bits = bits
+        self.bits = check_bits(bits, f"{type(self).__name__}: bits")
         self.weight_shape = tuple(int(s) for s in weight_shape)
         channels = self.weight_shape[0] if per_channel else 1
         numel = math.prod(self.weight_shape)
@@ -108,6 +106,21 @@ class _PackedWeightMixin:
         weight = self.dequantized_weight()
         return weight if weight.dtype == x.dtype else weight.to(x.dtype)
 
+    @classmethod
+    def _filled_from(cls, module: nn.Module, bits: int, config, name, qweight, make):
+        """``make(per_channel)`` builds the empty quantized module; fill it from ``module``.
+
+        The weight is quantized under ``config`` at ``bits`` unless ``qweight`` (computed
+        beforehand, e.g. by GPTQ) is given, whose grid then decides per-channel or not.
+        """
+        cfg = _config_for(bits, config)
+        q = make(cfg.per_channel if qweight is None else qweight.scale.numel() > 1)
+        if qweight is None:
+            qweight = quantize_weight(module.weight, cfg, name or cls.__name__)
+        q._set_quantized(qweight)
+        q.bias = _bias_copy(module)
+        return q
+
 
 def _config_for(bits: int, config: QuantConfig | None) -> QuantConfig:
     if config is None:
@@ -141,14 +154,8 @@ class QuantLinear(_PackedWeightMixin, nn.Module):
         """Quantize ``module``'s weight to ``bits`` bits (or install ``qweight``); ``name`` labels errors."""
         if not isinstance(module, cls._FLOAT_TYPES):
             raise ValueError(f"{cls.__name__}.from_float expects an nn.Linear, got {type(module).__name__}")
-        cfg = _config_for(bits, config)
-        q = cls(module.in_features, module.out_features, module.bias is not None, bits=bits,
-                per_channel=cfg.per_channel if qweight is None else qweight.scale.numel() > 1)
-        if qweight is None:
-            qweight = quantize_weight(module.weight, cfg, name or cls.__name__)
-        q._set_quantized(qweight)
-        q.bias = _bias_copy(module)
-        return q
+        return cls._filled_from(module, bits, config, name, qweight, lambda per_channel: cls(
+            module.in_features, module.out_features, module.bias is not None, bits=bits, per_channel=per_channel))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.linear(x, self._weight_for(x), self.bias)
@@ -190,16 +197,10 @@ class _QuantConvNd(_PackedWeightMixin, nn.Module):
         if not isinstance(module, cls._FLOAT_TYPES):
             raise ValueError(f"{cls.__name__}.from_float expects {cls._FLOAT_TYPES[0].__name__}, "
                              f"got {type(module).__name__}")
-        cfg = _config_for(bits, config)
-        q = cls(module.in_channels, module.out_channels, module.kernel_size, module.stride,
-                module.padding, module.dilation, module.groups, module.bias is not None,
-                module.padding_mode, bits=bits,
-                per_channel=cfg.per_channel if qweight is None else qweight.scale.numel() > 1)
-        if qweight is None:
-            qweight = quantize_weight(module.weight, cfg, name or cls.__name__)
-        q._set_quantized(qweight)
-        q.bias = _bias_copy(module)
-        return q
+        return cls._filled_from(module, bits, config, name, qweight, lambda per_channel: cls(
+            module.in_channels, module.out_channels, module.kernel_size, module.stride, module.padding,
+            module.dilation, module.groups, module.bias is not None, module.padding_mode, bits=bits,
+            per_channel=per_channel))
 
     def _explicit_padding(self) -> list[int]:
         """Padding for ``F.pad`` (last dim first), used when padding_mode is not zeros."""

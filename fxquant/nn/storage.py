@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from fxquant.core.importance import average_bits
 from fxquant.nn.modules import is_quantized_module
 
 __all__ = ["WeightStorage", "weight_storage", "state_dict_bytes"]
@@ -21,6 +22,7 @@ class WeightStorage:
     packed_bytes: int  # their integer bytes
     grid_bytes: int  # per-channel scales and zero points (float32)
     bit_params: int  # sum of params * bits over packed weights
+    widths: tuple[tuple[int, int], ...] = ()  # (params, bits) of each packed weight
 
     @property
     def float32_bytes(self) -> int:
@@ -29,13 +31,17 @@ class WeightStorage:
 
     @property
     def average_bits(self) -> float:
-        return self.bit_params / self.packed_params if self.packed_params else 0.0
+        """Eq. 5 over the packed weights (float layers not counted); 0.0 when nothing is packed."""
+        if not self.widths:
+            return 0.0
+        return average_bits([p for p, _ in self.widths], [b for _, b in self.widths])
 
 
 def weight_storage(model: nn.Module) -> WeightStorage:
     """Sum the packed weights of every quantized module in ``model``."""
     seen: set[int] = set()
     params = nbytes = grid = bit_params = 0
+    widths = []
     for module in model.modules():
         if not is_quantized_module(module):
             continue
@@ -48,7 +54,8 @@ def weight_storage(model: nn.Module) -> WeightStorage:
         nbytes += module.packed_weight.numel()
         grid += 4 * (module.weight_scale.numel() + module.weight_zero_point.numel())
         bit_params += n * module.bits
-    return WeightStorage(params, nbytes, grid, bit_params)
+        widths.append((n, module.bits))
+    return WeightStorage(params, nbytes, grid, bit_params, tuple(widths))
 
 
 def state_dict_bytes(state_dict: dict[str, torch.Tensor]) -> dict[str, int]:

@@ -28,6 +28,7 @@ from pathlib import Path
 import networkx as nx
 from torch import fx
 
+from fxquant.core.importance import average_bits
 from fxquant.passes.graph import to_networkx
 
 __all__ = ["draw", "Drawing", "BIT_COLORS", "collapsed_graph"]
@@ -301,12 +302,11 @@ def draw(gm: fx.GraphModule, path: str | Path, *, collapse: bool = True, skip_ed
     else:
         pos, edges = _networkx_layout(g, widths)
         used = "networkx" + (" (graphviz dot not installed)" if layout == "auto" else "")
-    params = sum(lay["params"] for n in layer_nodes for lay in g.nodes[n]["layers"])
-    bit_params = sum(lay["params"] * (32 if lay["bits"] is None else lay["bits"])
-                     for n in layer_nodes for lay in g.nodes[n]["layers"])
-    n_layers = sum(len(g.nodes[n]["layers"]) for n in layer_nodes)
-    summary = f"{n_layers} layers, {params:,} weights" + (
-        f", average {bit_params / params:.2f} bits (eq. 5)" if decided else ", bits not decided yet")
+    layers = [lay for n in layer_nodes for lay in g.nodes[n]["layers"]]
+    params = [lay["params"] for lay in layers]
+    summary = f"{len(layers)} layers, {sum(params):,} weights" + (
+        f", average {average_bits(params, [lay['bits'] for lay in layers]):.2f} bits (eq. 5)" if decided
+        else ", bits not decided yet")
     name = title or f"{g.graph.get('name') or type(gm).__name__}: {summary}"
     svg = _svg(g, pos, edges, widths, name, used)
     path = Path(path)

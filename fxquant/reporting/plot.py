@@ -1,4 +1,9 @@
-"""``fxquant.plot``: per-layer importance and bits, and accuracy vs average bits (matplotlib, extra ``viz``)."""
+"""``fxquant.plot``: per-layer importance and bits, and accuracy vs average bits (matplotlib).
+
+matplotlib is a dependency of fxquant; :func:`pyplot` still fails with a clear
+error in an environment where it was removed, and callers with a long job ahead
+(the demo) call it first so they fail before the work, not after.
+"""
 
 from __future__ import annotations
 
@@ -7,17 +12,19 @@ from typing import Mapping
 
 from fxquant.reporting.report import CompressionReport
 
-__all__ = ["plot"]
+__all__ = ["plot", "pyplot"]
 
 
-def _pyplot():
+def pyplot():
+    """``matplotlib.pyplot`` on the file-only Agg backend; ImportError saying what to install otherwise."""
     try:
         import matplotlib
 
         matplotlib.use("Agg")  # files only; never needs a display
         import matplotlib.pyplot as plt
     except ImportError as e:
-        raise ImportError("fxquant.plot needs matplotlib: pip install 'fxquant[viz]'") from e
+        raise ImportError("fxquant.plot needs matplotlib, a dependency of fxquant that is missing from "
+                          "this environment: pip install matplotlib") from e
     return plt
 
 
@@ -33,7 +40,7 @@ def plot(report: CompressionReport, path: str | Path, *, sweep: Mapping[float, f
     the float model, as horizontal reference lines); the report's own result is
     marked as "this search" when it has a final oracle value.
     """
-    plt = _pyplot()
+    plt = pyplot()
     points = dict(results or {})
     if report.final_value is not None and not points:
         points["this search"] = (report.average_bits, report.final_value)

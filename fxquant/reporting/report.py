@@ -9,16 +9,17 @@ from pathlib import Path
 from torch import fx
 
 from fxquant import passes
-from fxquant.core.importance import average_bits
+from fxquant.core.importance import FLOAT_BITS, average_bits
 from fxquant.nn.storage import weight_storage
 
 __all__ = ["LayerReport", "CompressionReport", "report", "FLOAT_BITS"]
 
-FLOAT_BITS = 32  # what eq. 5 counts for a layer left in float
 
 
 @dataclass(frozen=True)
 class LayerReport:
+    """One row of the report: a layer's importance terms (eqs. 1-3), margin, bits and oracle value."""
+
     name: str
     kind: str
     params: int
@@ -32,6 +33,13 @@ class LayerReport:
 
 @dataclass(frozen=True)
 class CompressionReport:
+    """What ``fxquant.report(qmodel)`` returns: per-layer rows, eq. 5 average bits, sizes, search figures.
+
+    ``str()`` / :meth:`to_text` give the table, :meth:`to_dict` / :meth:`to_json` the
+    JSON form (:meth:`from_dict` reads it back). The oracle values and search figures
+    are ``None`` for a model from ``fxquant.quantize``.
+    """
+
     layers: tuple[LayerReport, ...]  # execution order
     average_bits: float  # eq. 5; float layers, and float weights no layer names, count as 32 bits
     packed_bytes: int  # integer weight bytes
@@ -114,8 +122,7 @@ def report(qmodel: fx.GraphModule) -> CompressionReport:
     storage = weight_storage(qmodel)
     coverage = passes.weight_coverage(qmodel)
     missed = list(coverage.missed.values())  # weights no layer names: float too, so 32 bits in eq. 5
-    avg = average_bits([i.params for i in infos] + missed,
-                       [FLOAT_BITS if i.bits is None else i.bits for i in infos] + [FLOAT_BITS] * len(missed))
+    avg = average_bits([i.params for i in infos] + missed, [i.bits for i in infos] + [None] * len(missed))
     summary = getattr(qmodel, "meta", {}).get("fxquant")
     extra = {}
     if summary is not None:
