@@ -3,7 +3,8 @@
 ::
 
     fxquant compress --model resnet18 --checkpoint ckpt.pt --data PATH --out model.fxq \\
-                     [--margin 0.5] [--mode adaptive|fixed] [--calib-size N] [--report r.json] [--graph g.svg]
+                     [--margin 0.5] [--mode adaptive|fixed] [--target-bits B | --max-bytes N]
+                     [--method auto|paper|sensitivity] [--calib-size N] [--report r.json] [--graph g.svg]
     fxquant inspect model.fxq                  # per-layer table and sizes, from the file's header only
     fxquant eval model.fxq --data PATH [--checkpoint ckpt.pt]   # top-1 on the held-out test split
     fxquant demo [--out DIR] [--data PATH] [--seed N] [--quick]
@@ -120,7 +121,8 @@ def _cmd_compress(args) -> int:
              "seed %d; %d held out for 'fxquant eval')", spec, args.mode, args.margin, calib_size, split_seed,
              test_idx.numel())
     qmodel = fxquant.compress(model, calib, stats_loader=stats, margin=args.mode, t_init=args.margin,
-                              verbose=not args.quiet)
+                              verbose=not args.quiet, method=args.method, target_bits=args.target_bits,
+                              max_bytes=args.max_bytes)
     report = fxquant.report(qmodel)
 
     metadata = {
