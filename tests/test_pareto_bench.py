@@ -76,7 +76,7 @@ def test_verdicts_follow_the_numbers():
 
     assert ok("target_bits=2:") is True and ok("target_bits=1.5:") is False
     assert ok("spread") is False  # 3.0 / 2.5 = 1.2 > 1.15
-    assert ok("median test drop <= 0.3") is False  # median drop 2.75
+    assert ok("accuracy mode: median test drop") is False  # median drop 2.75
     assert ok("never below the uniform line") is True  # 93.0 at 3 bits is on the line, not below
     assert ok("every baseline") is False  # HAWQ beats it at 2 bits
 
