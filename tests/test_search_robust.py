@@ -184,3 +184,12 @@ def test_sensitivity_with_a_user_oracle():
     with pytest.raises(ValueError, match="calib_loader"):
         fxquant.compress(model, oracle=oracle, verbose=False, target_bits=3.0,
                          quant=fxquant.QuantConfig(rounding="nearest", bias_correction=False))
+
+
+def test_sensitivities_and_frontier_survive_save_and_load(tmp_path):
+    model = small_cnn()
+    x, y, stats = data(model, n=64)
+    q, res = run(model, batched(x, y, 32), stats, target_bits=3.0)
+    fxquant.save(q, tmp_path / "m.fxq")
+    back = fxquant.load(tmp_path / "m.fxq", small_cnn()).meta["fxquant"]
+    assert back.method == "sensitivity" and back.sensitivity == res.sensitivity and back.frontier == res.frontier
