@@ -110,12 +110,13 @@ def hawq_sensitivity(prep: Prepared, calib_loader, *, max_images: int = 512, pro
     with torch.no_grad():
         for lay, w, tr in zip(prep.layers, weights, traces):
             mean_diag = tr / seen / lay.params
-            sens[lay.name] = {b: mean_diag * float(((prep.quantizer.quantized(lay, b)[0].dequantize() - w) ** 2).sum())
-                              for b in CANDIDATES}
+            err = {b: float(((prep.quantizer.quantized(lay, b)[0].dequantize() - w) ** 2).sum()) for b in CANDIDATES}
+            sens[lay.name] = {b: mean_diag * e for b, e in err.items()}
     return sens, time.perf_counter() - t0
 
 
-def zeroq_sensitivity(prep: Prepared, calib_loader, *, max_images: int = 512) -> tuple[dict[str, dict[int, float]], float]:
+def zeroq_sensitivity(prep: Prepared, calib_loader, *, max_images: int = 512
+                      ) -> tuple[dict[str, dict[int, float]], float]:
     """ZeroQ: mean KL(float || only layer l at b bits) for every layer and width; returns (sens, seconds)."""
     t0 = time.perf_counter()
     inputs = calibration_inputs(calib_loader, 1 << 62)

@@ -63,8 +63,8 @@ def verdicts(entry: dict) -> list[dict]:
     if acc_rows:
         bits = [r["avg_bits"] for r in acc_rows]
         spread = max(bits) / min(bits)
-        add("accuracy mode (t_init 0.5): bits spread max/min <= 1.15", f"{spread:.3f} ({min(bits):.2f}-{max(bits):.2f})",
-            spread <= 1.15)
+        add("accuracy mode (t_init 0.5): bits spread max/min <= 1.15",
+            f"{spread:.3f} ({min(bits):.2f}-{max(bits):.2f})", spread <= 1.15)
         drop = float_acc - statistics.median(r["test_acc"] for r in acc_rows)
         add("accuracy mode: median test drop <= 0.3 points", f"{drop:.2f}", drop <= 0.3)
         below = [(r["avg_bits"], r["test_acc"]) for r in acc_rows
@@ -120,7 +120,8 @@ def markdown(data: dict) -> str:
                   "| method | setting | test accuracy % | average bits | search s | draws |",
                   "|---|---|---:|---:|---:|---:|"]
         order = list(LABELS)
-        for (method, setting), s in sorted(summary.items(), key=lambda kv: (order.index(kv[0][0]), kv[1]["bits"]["median"])):
+        ranked = sorted(summary.items(), key=lambda kv: (order.index(kv[0][0]), kv[1]["bits"]["median"]))
+        for (method, setting), s in ranked:
             lines.append(f"| {LABELS[method]} | {setting} | {_fmt(s['acc'], '.2f')} | {_fmt(s['bits'], '.2f')} | "
                          f"{s['seconds']['median']:.0f} | {s['acc']['n']} |")
         lines += ["", "Targets:", ""]
@@ -157,15 +158,17 @@ def figure(data: dict, path: Path) -> Path | None:
                 continue
             xs = [b["median"] for b, _ in pts]
             ys = [a["median"] for _, a in pts]
-            ax.errorbar(xs, ys, xerr=[[b["median"] - b["min"] for b, _ in pts], [b["max"] - b["median"] for b, _ in pts]],
-                        yerr=[[a["median"] - a["min"] for _, a in pts], [a["max"] - a["median"] for _, a in pts]],
+            xerr = [[b["median"] - b["min"] for b, _ in pts], [b["max"] - b["median"] for b, _ in pts]]
+            yerr = [[a["median"] - a["min"] for _, a in pts], [a["max"] - a["median"] for _, a in pts]]
+            ax.errorbar(xs, ys, xerr=xerr, yerr=yerr,
                         fmt="s--" if len(pts) > 1 else "D", color=f"C{i}", capsize=2, markersize=5,
                         label=LABELS[method])
         ax.axhline(entry["float_test_acc"], color="#444444", linestyle=":", label="float")
         ax.set_xlabel("average bits (eq. 5)")
         ax.set_ylabel("held-out test accuracy (%)")
         ax.set_title(f"{name}: median over draws (bars: min–max)")
-        lo = min([entry["float_test_acc"] - 3] + [s["acc"]["median"] for s in summary.values() if s["bits"]["median"] >= 1.4])
+        shown = [s["acc"]["median"] for s in summary.values() if s["bits"]["median"] >= 1.4]
+        lo = min([entry["float_test_acc"] - 3] + shown)
         ax.set_ylim(lo, entry["float_test_acc"] + 0.5)
         ax.set_xlim(1.2, 8.3)
         ax.grid(alpha=0.3)
