@@ -16,7 +16,7 @@ decision steers the later ones, this search
    * budget mode (``target_bits`` / ``max_bytes``): the ``budget_checks``
      largest frontier points within the budget are evaluated and the best kept
      (the oracle sees the interactions the additive model misses);
-   * accuracy mode: a bisection over (at most 24, evenly sized) frontier points
+   * accuracy mode: a bisection over frontier points about 0.05 average bits apart
      for the smallest one whose oracle value passes ``float - t_init`` with a
      statistical margin: the drop plus ``accept_sigmas`` standard errors (for
      the default accuracy oracle, ``100 * sqrt(lost images) / N``) must stay
@@ -52,7 +52,7 @@ __all__ = ["search_sensitivity", "budget_sizes"]
 log = logging.getLogger("fxquant.search")
 
 FLOAT_BITS = 32  # eq. 5's count for a layer left float
-WALK_POINTS = 24  # frontier points the accuracy-mode bisection chooses among
+WALK_STEP = 0.05  # average bits between the frontier points the accuracy-mode bisection chooses among
 
 
 def _grid_bytes(quantizer: LayerQuantizer, layer: Layer, bits: int) -> int:
@@ -185,7 +185,8 @@ def search_sensitivity(gm: fx.GraphModule, oracle, cfg: SearchConfig, *, all_lay
                 lost = max(1.0, (float_value - v) / 100.0 * total)
                 return (float_value - v) + cfg.accept_sigmas * 100.0 * math.sqrt(lost) / total <= cfg.t_init
 
-            walk = _thin(points, WALK_POINTS)
+            span = (points[-1].size - points[0].size) / (WALK_STEP * total_params)
+            walk = _thin(points, max(2, min(256, int(span) + 1)))
             lo, hi, chosen = 0, len(walk) - 1, None
             while lo <= hi:  # assumes the oracle improves along the frontier (size up, sensitivity down)
                 mid = (lo + hi) // 2
