@@ -40,7 +40,7 @@ __all__ = ["canonical_batches", "measure_sensitivity", "extrapolate", "NEGLIGIBL
 
 log = logging.getLogger("fxquant.search")
 
-NEGLIGIBLE = 1e-5  # mean KL (nats) below which wider widths are extrapolated, not measured
+NEGLIGIBLE = 1e-4  # mean KL (nats) below which wider widths are extrapolated, not measured
 BATCH = 64  # the fixed internal batch size (the user's never reaches a forward pass)
 
 

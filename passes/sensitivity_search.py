@@ -137,7 +137,7 @@ def search_sensitivity(gm: fx.GraphModule, oracle, cfg: SearchConfig, *, all_lay
     evaluator = GraphEvaluator(gm, oracle, layers, fast=cfg.evaluation == "fast",
                                cache_bytes=int(cfg.cache_mb * 2**20), comm=comm)
     try:
-        if cfg.hardest_first:
+        if cfg.hardest_first and budget is None:
             evaluator.order_hardest_first()  # rejected points stop after their first batches
         float_value, _ = evaluator.evaluate()
         measured, forwards, sens_seconds = measure_sensitivity(
