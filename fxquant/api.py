@@ -255,6 +255,14 @@ def compress(model: nn.Module, calib_loader: Iterable | None = None, *, oracle: 
             bias correction from ``calib_loader``'s inputs (statistics measured
             once on the float model); ``quant=QuantConfig(rounding="nearest",
             bias_correction=False)`` gives plain rounding.
+            ``method="paper"`` is the paper's greedy; ``method="sensitivity"``
+            measures each layer's sensitivity per width (mean KL of the logits
+            against the float model) and allocates globally; ``"auto"`` (default)
+            is ``"sensitivity"`` when a budget is given, else ``"paper"``.
+            Budget mode: ``target_bits=B`` (eq. 5 average ``<= B``) or
+            ``max_bytes=N`` (packed weights + scales + zero points ``<= N``) gives
+            the most accurate allocation found within the budget; an infeasible
+            budget raises ``ValueError`` naming the smallest feasible one.
         filter_fn: ``filter_fn(module, layer_name) -> bool``; False keeps a layer float.
         keep_8bit: a layer name, names, or a ``filter_fn``-style callable, for
             layers quantized at ``baseline_bits`` (8) without being searched.
@@ -315,8 +323,14 @@ def compress(model: nn.Module, calib_loader: Iterable | None = None, *, oracle: 
             log.warning("fxquant: GPTQ statistics come from the images the search scores; pass stats_loader= "
                         "(other images, e.g. the rest of the training split) so the search cannot trust "
                         "widths that only fit the calibration images")
+        sens_inputs = None  # the sensitivity method measures on the scored images (the oracle's, by default)
+        if cfg.resolved_method == "sensitivity" and not isinstance(oracle, AccuracyOracle):
+            source = calib_loader if calib_loader is not None else stats_loader
+            if source is not None:
+                # All of them: the subset is chosen by content (passes/sensitivity.py), not by position.
+                sens_inputs = calibration_inputs(source, 1 << 62, "calib_loader")
         result = search_bits(gm, oracle, cfg, layers=chosen, keep_8bit=keep, verbose=verbose, comm=comm,
-                             quantizer=quantizer)
+                             quantizer=quantizer, sensitivity_inputs=sens_inputs)
     passes.rewrite(gm, result.bits, config=result.config.quant, mapping=mapping, layers=layers,
                    quantized=quantizer.chosen(result.bits))
     gm.meta["fxquant"] = result

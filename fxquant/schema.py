@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from fxquant.core.config import QuantConfig, check_bits, is_bit_width
 
 __all__ = ["META_KEY", "Layer", "LayerInfo", "NodeAnnotation", "SearchConfig", "LayerDecision",
-           "SearchResult", "MARGINS", "SCALES", "STRATEGIES", "EVALUATIONS"]
+           "SearchResult", "FrontierPoint", "MARGINS", "SCALES", "STRATEGIES", "EVALUATIONS", "METHODS"]
 
 @dataclass(frozen=True)
 class Layer:
@@ -91,6 +91,7 @@ MARGINS = ("adaptive", "fixed")
 SCALES = ("none", "max")
 STRATEGIES = ("sequential", "bisect")
 EVALUATIONS = ("fast", "naive")
+METHODS = ("auto", "paper", "sensitivity")
 
 
 @dataclass(frozen=True)
@@ -110,6 +111,14 @@ class SearchConfig:
     quant: QuantConfig = field(default_factory=QuantConfig)
     cache_mb: float = 4096  # activations kept by fast evaluation for layers searched later
     hardest_first: bool = True  # re-batch calibration samples least-confident-first (see evaluate.py)
+    # "paper": the greedy of section 2.2; "sensitivity": measured per-layer sensitivities allocated
+    # globally (passes/sensitivity.py); "auto": "sensitivity" when a budget is given, else "paper".
+    method: str = "auto"
+    target_bits: float | None = None  # budget: eq. 5 average bits <= target_bits (sensitivity method)
+    max_bytes: int | None = None  # budget: packed weight + scale + zero-point bytes <= max_bytes
+    sensitivity_samples: int = 512  # calibration images the sensitivities are measured on (0: all)
+    budget_checks: int = 3  # frontier points at the budget the oracle compares (interactions)
+    accept_sigmas: float = 2.0  # accuracy mode: statistical margin on the measured drop (see sensitivity.py)
 
     def __post_init__(self) -> None:
         cands = tuple(self.candidates) if not isinstance(self.candidates, (str, bytes)) else ()
@@ -119,7 +128,8 @@ class SearchConfig:
         for label, value, allowed in (("margin", self.margin, MARGINS),
                                       ("importance_scale", self.importance_scale, SCALES),
                                       ("strategy", self.strategy, STRATEGIES),
-                                      ("evaluation", self.evaluation, EVALUATIONS)):
+                                      ("evaluation", self.evaluation, EVALUATIONS),
+                                      ("method", self.method, METHODS)):
             if value not in allowed:
                 raise ValueError(f"SearchConfig.{label} must be one of {allowed}, got {value!r}")
         for label, value in (("t_init", self.t_init), ("edge_factor", self.edge_factor),
@@ -130,8 +140,37 @@ class SearchConfig:
         if not isinstance(self.hardest_first, bool):
             raise ValueError(f"SearchConfig.hardest_first must be True or False, got {self.hardest_first!r}")
         check_bits(self.baseline_bits, "SearchConfig.baseline_bits")
+        if self.target_bits is not None and (isinstance(self.target_bits, bool) or not isinstance(
+                self.target_bits, (int, float)) or not 0 < self.target_bits < float("inf")):
+            raise ValueError(f"SearchConfig.target_bits must be a finite number > 0 or None, got {self.target_bits!r}")
+        if self.max_bytes is not None and (isinstance(self.max_bytes, bool) or not isinstance(self.max_bytes, int)
+                                           or self.max_bytes <= 0):
+            raise ValueError(f"SearchConfig.max_bytes must be an int > 0 or None, got {self.max_bytes!r}")
+        if self.target_bits is not None and self.max_bytes is not None:
+            raise ValueError("SearchConfig: give target_bits or max_bytes, not both")
+        if self.method == "paper" and self.budgeted:
+            raise ValueError("SearchConfig: method='paper' has no budget mode; use method='sensitivity' "
+                             "(or 'auto') with target_bits/max_bytes")
+        for label, value, low in (("sensitivity_samples", self.sensitivity_samples, 0),
+                                  ("budget_checks", self.budget_checks, 1)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+                raise ValueError(f"SearchConfig.{label} must be an int >= {low}, got {value!r}")
+        if isinstance(self.accept_sigmas, bool) or not isinstance(self.accept_sigmas, (int, float)) \
+                or not 0 <= self.accept_sigmas < float("inf"):
+            raise ValueError(f"SearchConfig.accept_sigmas must be a finite number >= 0, got {self.accept_sigmas!r}")
         if not isinstance(self.quant, QuantConfig):
             raise ValueError(f"SearchConfig.quant must be a QuantConfig, got {type(self.quant).__name__}")
+
+    @property
+    def budgeted(self) -> bool:
+        return self.target_bits is not None or self.max_bytes is not None
+
+    @property
+    def resolved_method(self) -> str:
+        """``method`` with "auto" resolved ("sensitivity" with a budget, else "paper")."""
+        if self.method != "auto":
+            return self.method
+        return "sensitivity" if self.budgeted else "paper"
 
 
 @dataclass(frozen=True)
@@ -153,6 +192,17 @@ class LayerDecision:
 
 
 @dataclass(frozen=True)
+class FrontierPoint:
+    """One allocation on the size/sensitivity frontier the sensitivity search walked."""
+
+    average_bits: float  # eq. 5 over every layer (float layers count 32)
+    nbytes: int  # packed weights + scales + zero points of the quantized layers
+    sensitivity: float  # sum of the layers' measured sensitivities (mean KL, nats)
+    value: float | None  # oracle value, None where it was not evaluated
+    chosen: bool = False
+
+
+@dataclass(frozen=True)
 class SearchResult:
     """The outcome of one bit-width search, kept as ``qmodel.meta["fxquant"]``.
 
@@ -171,3 +221,7 @@ class SearchResult:
     seconds: float
     evaluation: str  # what was actually used: "fast" or "naive"
     config: SearchConfig  # as used: ``quant.rounding`` resolved ("gptq" or "nearest")
+    method: str = "paper"  # the method actually run
+    # sensitivity method: {layer: {bits: mean KL(float || layer alone at bits)}}, measured widths only
+    sensitivity: dict[str, dict[int, float]] = field(default_factory=dict)
+    frontier: tuple[FrontierPoint, ...] = ()  # ascending size; the oracle-checked points have a value

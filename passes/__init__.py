@@ -13,8 +13,11 @@ from fxquant.passes.importance import annotate_importance, layer_infos, update_l
 from fxquant.passes.layers import find_layers, layers_by_name
 from fxquant.passes.rewrite import rewrite, validate_bits
 from fxquant.passes.search import search_bits
+from fxquant.passes.sensitivity import measure_sensitivity
+from fxquant.passes.sensitivity_search import search_sensitivity
 from fxquant.passes.trace import FxquantTracer, TraceFailure, trace
-from fxquant.schema import Layer, LayerDecision, LayerInfo, NodeAnnotation, SearchConfig, SearchResult
+from fxquant.schema import (FrontierPoint, Layer, LayerDecision, LayerInfo, NodeAnnotation, SearchConfig,
+                            SearchResult)
 
 __all__ = [
     "trace",
@@ -32,6 +35,9 @@ __all__ = [
     "SearchConfig",
     "SearchResult",
     "LayerDecision",
+    "measure_sensitivity",
+    "search_sensitivity",
+    "FrontierPoint",
     "rewrite",
     "validate_bits",
     "to_networkx",

@@ -36,6 +36,7 @@ from fxquant.engine.distributed import Comm
 from fxquant.engine.evaluate import GraphEvaluator
 from fxquant.passes.importance import annotate_importance, layer_infos, update_layer_infos
 from fxquant.passes.layers import find_layers
+from fxquant.passes.sensitivity_search import search_sensitivity
 from fxquant.schema import Layer, LayerDecision, SearchConfig, SearchResult
 
 __all__ = ["SearchConfig", "LayerDecision", "SearchResult", "search_bits"]
@@ -68,7 +69,8 @@ def _margin(cfg: SearchConfig, importance: float, max_importance: float, edge: b
 def search_bits(gm: fx.GraphModule, oracle, config: SearchConfig | None = None, *,
                 layers: list[Layer] | None = None, keep_8bit: set[str] = frozenset(),
                 verbose: bool = True, comm: Comm | None = None,
-                quantizer: LayerQuantizer | None = None) -> SearchResult:
+                quantizer: LayerQuantizer | None = None,
+                sensitivity_inputs: list[torch.Tensor] | None = None) -> SearchResult:
     """Search bit-widths for ``gm``'s layers; annotates ``node.meta`` in place.
 
     The float weights (and biases) are changed while candidates are evaluated
@@ -81,6 +83,11 @@ def search_bits(gm: fx.GraphModule, oracle, config: SearchConfig | None = None, 
     (:mod:`fxquant.engine.distributed`), every rank must call this with the same model,
     data and settings: each scores its share of the calibration batches, all
     return the same result, and only rank 0 logs progress.
+
+    ``config.method`` picks the algorithm: ``"paper"`` is the greedy above;
+    ``"sensitivity"`` (and ``"auto"`` with a budget) is
+    :func:`fxquant.passes.sensitivity_search.search_sensitivity`, measuring
+    sensitivities on ``sensitivity_inputs`` (default: the accuracy oracle's inputs).
     """
     cfg = config or SearchConfig()
     t0 = time.perf_counter()
@@ -94,6 +101,11 @@ def search_bits(gm: fx.GraphModule, oracle, config: SearchConfig | None = None, 
     else:
         t0 -= quantizer.setup_seconds  # its statistics are part of the search's cost
     set_bits = quantizer.apply
+    if cfg.resolved_method == "sensitivity":
+        return search_sensitivity(gm, oracle, dataclasses.replace(cfg, method="sensitivity"),
+                                  all_layers=all_layers, layers=layers, keep_8bit=keep_8bit,
+                                  quantizer=quantizer, inputs=sensitivity_inputs, verbose=verbose,
+                                  comm=comm, t0=t0)
 
     evaluator = GraphEvaluator(gm, oracle, layers, fast=cfg.evaluation == "fast",
                                cache_bytes=int(cfg.cache_mb * 2**20), comm=comm)
@@ -137,7 +149,7 @@ def search_bits(gm: fx.GraphModule, oracle, config: SearchConfig | None = None, 
                           baseline_value=baseline, final_value=final_value, oracle_calls=evaluator.calls,
                           layer_forwards=evaluator.total_layer_forwards(), seconds=time.perf_counter() - t0,
                           evaluation="fast" if evaluator.fast else "naive",
-                          config=dataclasses.replace(cfg, quant=quantizer.config))
+                          config=dataclasses.replace(cfg, quant=quantizer.config, method="paper"))
     emit("fxquant search: final %.3f (baseline %.3f), %d oracle calls, %d layer-forwards, %.1f s",
          final_value, baseline, result.oracle_calls, result.layer_forwards, result.seconds)
     return result

@@ -62,3 +62,19 @@ def conv_weights(draw, dims: tuple[int, ...] = (3, 4, 5), max_channels: int = 5,
 def any_weights():
     """Linear-shaped (2-D) or conv-shaped (3-D, 4-D, 5-D) weights."""
     return st.one_of(weights(), conv_weights())
+
+
+@st.composite
+def knapsack_instances(draw, max_items: int = 5, max_options: int = 4):
+    """(costs, sizes, budget) of a small multiple-choice knapsack: per item, options with a
+    non-negative cost and an integer size; the budget ranges over and beyond the feasible sizes."""
+    items = draw(st.integers(min_value=1, max_value=max_items))
+    costs, sizes = [], []
+    for _ in range(items):
+        k = draw(st.integers(min_value=1, max_value=max_options))
+        costs.append(draw(st.lists(st.floats(0.0, 10.0, allow_nan=False, width=32), min_size=k, max_size=k)))
+        sizes.append(draw(st.lists(st.integers(0, 40), min_size=k, max_size=k)))
+    lo = sum(min(s) for s in sizes)
+    hi = sum(max(s) for s in sizes)
+    budget = draw(st.integers(min_value=max(0, lo - 5), max_value=hi + 5))
+    return costs, sizes, budget

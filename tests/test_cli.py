@@ -294,6 +294,20 @@ def test_usage_errors_and_debug(workspace, capsys):
         main(["--debug", "inspect", "missing.fxq"])
 
 
+def test_compress_budget_flags(workspace, capsys):
+    common = ("compress", "--model", f"{TINY_MODULE}:tiny", "--checkpoint", "plain.pt", "--num-classes", 3,
+              "--data", "images", "--quiet")
+    code, out, err = run(capsys, *common, "--out", "b.fxq", "--target-bits", "3", "--report", "b.json")
+    assert code == 0, err
+    report = json.loads((workspace[0] / "b.json").read_text())
+    assert report["average_bits"] <= 3.0 and report["method"] == "sensitivity"
+    assert report["settings"]["target_bits"] == 3.0
+    code, out, err = run(capsys, *common, "--out", "c.fxq", "--target-bits", "0.5")
+    assert code != 0 and "smallest feasible budget is target_bits=1" in err.strip().splitlines()[-1]
+    code, out, err = run(capsys, *common, "--out", "d.fxq", "--target-bits", "2", "--max-bytes", "100")
+    assert code == 2 and "not allowed with" in err
+
+
 # ----------------------------------------------------------------------------- fxquant.save(metadata=)
 
 

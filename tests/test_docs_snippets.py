@@ -68,7 +68,7 @@ def _namespace() -> dict:
             "calib_loader": labelled, "calib": labelled, "calib_batches": labelled,
             "val_batches": _batches(1, 2), "other_batches": _batches(2, 3, labelled=False),
             "more_train_batches": _batches(2, 3, labelled=False), "MyConv": MyConv, "MyQuantConv": MyQuantConv,
-            "x": labelled[0][0], "images": labelled[1][0]}
+            "x": labelled[0][0], "images": labelled[1][0], "stats": _batches(2, 3, labelled=False)}
 
 
 @pytest.mark.parametrize("doc", DOCS)

@@ -149,7 +149,8 @@ def cmd_compress(args) -> int:
              "seed %d; %d held out for 'fxquant eval')", fm.spec, args.mode, args.margin, calib_size, split_seed,
              n_test)
     qmodel = fxquant.compress(fm.model, calib, stats_loader=stats, margin=args.mode, t_init=args.margin,
-                              verbose=not args.quiet)
+                              verbose=not args.quiet, method=args.method, target_bits=args.target_bits,
+                              max_bytes=args.max_bytes)
     metadata = {
         "created_by": "fxquant compress",
         "model": fm.spec,

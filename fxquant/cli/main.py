@@ -3,7 +3,8 @@
 ::
 
     fxquant compress --model resnet18 --checkpoint ckpt.pt --data PATH --out model.fxq \\
-                     [--margin 0.5] [--mode adaptive|fixed] [--calib-size N] [--report r.json] [--graph g.svg]
+                     [--margin 0.5] [--mode adaptive|fixed] [--target-bits B | --max-bytes N]
+                     [--method auto|paper|sensitivity] [--calib-size N] [--report r.json] [--graph g.svg]
     fxquant inspect model.fxq                  # per-layer table and sizes, from the file's header only
     fxquant eval model.fxq --data PATH [--checkpoint ckpt.pt]   # top-1 on the held-out test split
     fxquant demo [--out DIR] [--data PATH] [--seed N] [--quick]

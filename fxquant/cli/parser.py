@@ -58,6 +58,16 @@ def _margin(text: str) -> float:
                     "a finite number >= 0")
 
 
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of bits, got {text!r}") from None
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"expected a finite number > 0, got {text!r}")
+    return value
+
+
 def _add_input_options(p: argparse.ArgumentParser, *, for_eval: bool) -> None:
     was = " (default: as recorded in the .fxq file)" if for_eval else ""
     p.add_argument("--model", metavar="NAME|timm:NAME|MODULE:FUNCTION",
@@ -118,6 +128,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="T_init in accuracy percentage points (default: 0.5)")
     p.add_argument("--mode", choices=("adaptive", "fixed"), default="adaptive",
                    help="margin mode: adaptive = T_init x importance (eq. 4, default), fixed = T_init")
+    budget = p.add_mutually_exclusive_group()
+    budget.add_argument("--target-bits", type=_positive_float, metavar="B",
+                        help="budget mode: the most accurate allocation with eq. 5 average bits <= B")
+    budget.add_argument("--max-bytes", type=_positive_int, metavar="N",
+                        help="budget mode: packed weights + scales + zero points <= N bytes")
+    p.add_argument("--method", choices=("auto", "paper", "sensitivity"), default="auto",
+                   help="search: the paper's greedy, or measured sensitivities allocated globally "
+                        "(default auto: sensitivity with a budget, else paper)")
     p.add_argument("--calib-size", type=_positive_int, metavar="N",
                    help=f"calibration images, from the training split (default: {DEFAULT_CALIB} or all)")
     p.add_argument("--report", metavar="FILE.json", help="also write the report as JSON")

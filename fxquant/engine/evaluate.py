@@ -399,6 +399,31 @@ class GraphEvaluator:
 
         return self._score(forward, threshold)
 
+    @torch.no_grad()
+    def outputs_focused(self) -> list:
+        """The model's outputs, one per local batch, after only the focused layer changed.
+
+        Fast mode re-runs the focused layer's downstream cone from the cached
+        frontier; naive mode runs the whole model. Not an oracle call.
+        """
+        if not self.fast:
+            self.layer_forwards += len(self._weighted) * len(self.batches)
+            return [self.gm(x.clone() if self._clone_input else x) for x, _ in self.batches]
+        return [self._run({n: (v[i].clone() if n in self._clone else v[i])
+                           for n, v in self._frontier_values.items()}, self._cone)
+                for i in range(len(self.batches))]
+
+    def visited(self, layer: Layer) -> None:
+        """``layer`` is back at the weights it had when focused: keep every stored value still wanted."""
+        if not self.fast:
+            return
+        self._pending.pop(layer.name, None)
+        wanted = self._wanted()
+        for node in list(self._store):
+            if node.op != "placeholder" and node not in wanted:
+                self._drop(node)
+        self._frontier_values = {}
+
     def release(self) -> None:
         self._store, self._store_sizes, self._store_bytes = {}, {}, 0
         if self.fast:  # the inputs are already in memory: always "stored", never dropped

@@ -26,7 +26,7 @@ from fxquant.fileformat.container import FORMAT_VERSION, KINDS, FxqFormatError, 
 from fxquant.nn.modules import is_quantized_module
 from fxquant.reporting.report import report
 from fxquant.schema import LayerInfo
-from fxquant.schema import LayerDecision, SearchConfig, SearchResult
+from fxquant.schema import FrontierPoint, LayerDecision, SearchConfig, SearchResult
 
 __all__ = ["build_header", "check_metadata", "quant_modules", "module_signatures", "SavedModel", "parse_header",
            "parse_header_at"]
@@ -197,7 +197,24 @@ def _search_from(d: dict) -> SearchResult:
     return SearchResult(bits=dict(s["bits"]), decisions=tuple(decisions), float_value=s["float_value"],
                         baseline_value=s["baseline_value"], final_value=s["final_value"],
                         oracle_calls=s["oracle_calls"], layer_forwards=s["layer_forwards"],
-                        seconds=s["seconds"], evaluation=s["evaluation"], config=config)
+                        seconds=s["seconds"], evaluation=s["evaluation"], config=config,
+                        **_sensitivity_from(d))
+
+
+def _sensitivity_from(d: dict) -> dict:
+    """The sensitivity search's fields (absent from files of the paper's search and older files)."""
+    out = {}
+    try:
+        if "method" in d:
+            out["method"] = str(d["method"])
+        if d.get("sensitivity"):
+            out["sensitivity"] = {str(name): {int(b): float(v) for b, v in per.items()}
+                                  for name, per in d["sensitivity"].items()}
+        if d.get("frontier"):
+            out["frontier"] = tuple(FrontierPoint(**p) for p in d["frontier"])
+    except (AttributeError, TypeError, ValueError) as e:
+        raise FxqFormatError(f"malformed header: header.search sensitivity/frontier: {e}", "header") from None
+    return out
 
 
 def parse_header(header: dict) -> SavedModel:

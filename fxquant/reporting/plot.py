@@ -38,13 +38,17 @@ def plot(report: CompressionReport, path: str | Path, *, sweep: Mapping[float, f
     accuracy}`` of fixed-width models drawn as a curve and ``results`` =
     ``{label: (average_bits, accuracy)}`` marked (points above 8 bits, such as
     the float model, as horizontal reference lines); the report's own result is
-    marked as "this search" when it has a final oracle value.
+    marked as "this search" when it has a final oracle value. A report of the
+    sensitivity search also draws its frontier: the oracle value of every point
+    the search evaluated (accuracy vs average bits, the chosen one starred) and,
+    on a right-hand log axis, the summed sensitivity of the frontier allocations.
     """
     plt = pyplot()
     points = dict(results or {})
     if report.final_value is not None and not points:
         points["this search"] = (report.average_bits, report.final_value)
-    two = bool(sweep) or bool(points)
+    frontier = list(report.frontier or ())
+    two = bool(sweep) or bool(points) or bool(frontier)
     fig, axes = plt.subplots(2 if two else 1, 1, figsize=(max(8, 0.28 * len(report.layers) + 3), 8 if two else 4.5),
                              squeeze=False)
     ax = axes[0][0]
@@ -74,6 +78,16 @@ def plot(report: CompressionReport, path: str | Path, *, sweep: Mapping[float, f
                 bx.axhline(acc, linestyle="--", color=f"C{i + 1}", label=f"{label} ({avg:g} bits)")
             else:
                 bx.plot([avg], [acc], "*", markersize=14, color=f"C{i + 1}", label=label)
+        checked = [p for p in frontier if p["value"] is not None]
+        if checked:
+            bx.plot([p["average_bits"] for p in checked], [p["value"] for p in checked], "s--", color="#2a7f62",
+                    markersize=5, label="frontier points the oracle checked")
+        if frontier:
+            sx = bx.twinx()
+            sx.plot([p["average_bits"] for p in frontier], [max(p["sensitivity"], 1e-12) for p in frontier],
+                    ".", color="#999999", markersize=4)
+            sx.set_yscale("log")
+            sx.set_ylabel("frontier: summed sensitivity (KL, nats)", color="#777777")
         bx.set_xlabel("average bits (eq. 5)")
         bx.set_ylabel("accuracy (%)")
         bx.grid(alpha=0.3)

@@ -29,6 +29,7 @@ class LayerReport:
     margin: float | None  # None: not searched (kept at 8 bits, or float)
     bits: int | None  # None: kept in float
     accuracy: float | None  # oracle value after this layer's decision
+    sensitivity: dict[int, float] | None = None  # sensitivity search: {bits: mean KL} at the measured widths
 
 
 @dataclass(frozen=True)
@@ -57,6 +58,8 @@ class CompressionReport:
     # finder (fxquant.passes.coverage): parameter path -> elements. None in reports of older files.
     float_weights: dict[str, int] | None = None
     float_fraction: float | None = None  # their share of all conv/linear/attention weight elements
+    method: str | None = None  # "paper" or "sensitivity"
+    frontier: tuple[dict, ...] | None = None  # sensitivity search: FrontierPoint fields, ascending size
 
     @property
     def compression_ratio(self) -> float:
@@ -77,7 +80,15 @@ class CompressionReport:
     def from_dict(cls, data: dict) -> "CompressionReport":
         known = {f.name for f in fields(cls)}
         kwargs = {k: v for k, v in data.items() if k in known}
-        kwargs["layers"] = tuple(LayerReport(**layer) for layer in data["layers"])
+        layers = []
+        for layer in data["layers"]:
+            layer = dict(layer)
+            if layer.get("sensitivity") is not None:  # JSON turned the widths into strings
+                layer["sensitivity"] = {int(b): float(v) for b, v in layer["sensitivity"].items()}
+            layers.append(LayerReport(**layer))
+        kwargs["layers"] = tuple(layers)
+        if kwargs.get("frontier") is not None:
+            kwargs["frontier"] = tuple(dict(p) for p in kwargs["frontier"])
         return cls(**kwargs)
 
     def to_text(self) -> str:
@@ -104,6 +115,10 @@ class CompressionReport:
             rows.append(f"oracle: float {self.float_value:.3f}, 8-bit {self.baseline_value:.3f}, "
                         f"final {self.final_value:.3f}   {self.oracle_calls} oracle calls, "
                         f"{self.layer_forwards:,} layer-forwards ({self.evaluation}), {self.seconds:.1f} s")
+        if self.frontier:
+            checked = sum(p["value"] is not None for p in self.frontier)
+            rows.append(f"search: {self.method}, {len(self.frontier)} frontier points shown, {checked} checked "
+                        "by the oracle")
         return "\n".join(rows)
 
     def __str__(self) -> str:
@@ -116,20 +131,23 @@ def report(qmodel: fx.GraphModule) -> CompressionReport:
     if not infos:
         raise ValueError("this model carries no fxquant annotations: pass the GraphModule returned by "
                          "fxquant.compress or fxquant.quantize")
+    summary = getattr(qmodel, "meta", {}).get("fxquant")
+    sens = getattr(summary, "sensitivity", None) or {}
     layers = tuple(LayerReport(name=i.name, kind=i.kind, params=i.params, n_p=i.n_p, n_v=i.n_v,
-                               importance=i.importance, margin=i.margin, bits=i.bits, accuracy=i.accuracy)
+                               importance=i.importance, margin=i.margin, bits=i.bits, accuracy=i.accuracy,
+                               sensitivity=dict(sens[i.name]) if i.name in sens else None)
                    for i in infos)
     storage = weight_storage(qmodel)
     coverage = passes.weight_coverage(qmodel)
     missed = list(coverage.missed.values())  # weights no layer names: float too, so 32 bits in eq. 5
     avg = average_bits([i.params for i in infos] + missed, [i.bits for i in infos] + [None] * len(missed))
-    summary = getattr(qmodel, "meta", {}).get("fxquant")
     extra = {}
     if summary is not None:
         extra = dict(float_value=summary.float_value, baseline_value=summary.baseline_value,
                      final_value=summary.final_value, oracle_calls=summary.oracle_calls,
                      layer_forwards=summary.layer_forwards, seconds=summary.seconds,
-                     evaluation=summary.evaluation,
+                     evaluation=summary.evaluation, method=getattr(summary, "method", None),
+                     frontier=tuple(asdict(p) for p in getattr(summary, "frontier", ())) or None,
                      settings=json.loads(json.dumps(asdict(summary.config))))  # JSON-shaped
     return CompressionReport(layers=layers, average_bits=avg, packed_bytes=storage.packed_bytes,
                              float32_bytes=storage.float32_bytes, grid_bytes=storage.grid_bytes,

@@ -1,0 +1,191 @@
+"""Report of ``benchmarks/pareto.py``: medians over draws, the issue-15 verdicts, markdown and figure.
+
+Everything here is computed from ``pareto.json`` alone (``python benchmarks/pareto.py --report``).
+"""
+
+from __future__ import annotations
+
+import statistics
+from pathlib import Path
+
+__all__ = ["SCHEMA", "summarise", "verdicts", "write_report"]
+
+SCHEMA = "fxquant-pareto-1"
+LABELS = {"uniform": "uniform widths", "paper_fixed": "paper search, fixed margin",
+          "paper_adaptive": "paper search, adaptive margin", "hawq": "HAWQ-v2-style", "zeroq": "ZeroQ-style",
+          "fxquant_budget": "fxquant default, budget mode", "fxquant_accuracy": "fxquant default, accuracy mode"}
+TARGET_SECONDS = 100.0
+
+
+def _stats(values: list[float]) -> dict:
+    return {"median": statistics.median(values), "min": min(values), "max": max(values), "n": len(values)}
+
+
+def summarise(entry: dict) -> dict[tuple[str, str], dict]:
+    """``{(method, setting): {"acc": stats, "bits": stats, "seconds": stats}}`` over the draws."""
+    groups: dict[tuple[str, str], list[dict]] = {}
+    for key, row in entry["rows"].items():
+        method, setting, _ = key.split("/")
+        groups.setdefault((method, setting), []).append(row)
+    return {k: {"acc": _stats([r["test_acc"] for r in rows]), "bits": _stats([r["avg_bits"] for r in rows]),
+                "seconds": _stats([r["search_seconds"] for r in rows])} for k, rows in groups.items()}
+
+
+def uniform_line(summary: dict) -> list[tuple[float, float]]:
+    """(bits, median test accuracy) of the uniform widths, ascending."""
+    return sorted((s["bits"]["median"], s["acc"]["median"]) for (m, _), s in summary.items() if m == "uniform")
+
+
+def interpolate(line: list[tuple[float, float]], bits: float) -> float | None:
+    """The uniform line at ``bits`` (linear between widths; None outside the measured range)."""
+    for (b0, a0), (b1, a1) in zip(line, line[1:]):
+        if b0 <= bits <= b1:
+            return a0 + (a1 - a0) * (bits - b0) / (b1 - b0) if b1 > b0 else max(a0, a1)
+    return None
+
+
+def verdicts(entry: dict) -> list[dict]:
+    """The issue-15 targets, each ``{"target", "value", "ok"}`` (ok None: not measured yet)."""
+    summary = summarise(entry)
+    float_acc = entry["float_test_acc"]
+    line = uniform_line(summary)
+    out = []
+
+    def add(target, value, ok):
+        out.append({"target": target, "value": value, "ok": ok})
+
+    for budget, allowed in ((2.0, 0.3), (1.5, 1.0)):
+        s = summary.get(("fxquant_budget", f"b{budget:g}"))
+        drop = None if s is None else float_acc - s["acc"]["median"]
+        add(f"target_bits={budget:g}: median test drop <= {allowed} points",
+            None if drop is None else f"{drop:.2f}", None if drop is None else drop <= allowed)
+    acc_rows = [r for k, r in entry["rows"].items() if k.startswith("fxquant_accuracy/")]
+    if acc_rows:
+        bits = [r["avg_bits"] for r in acc_rows]
+        spread = max(bits) / min(bits)
+        add("accuracy mode (t_init 0.5): bits spread max/min <= 1.15",
+            f"{spread:.3f} ({min(bits):.2f}-{max(bits):.2f})", spread <= 1.15)
+        drop = float_acc - statistics.median(r["test_acc"] for r in acc_rows)
+        add("accuracy mode: median test drop <= 0.3 points", f"{drop:.2f}", drop <= 0.3)
+        below = [(r["avg_bits"], r["test_acc"]) for r in acc_rows
+                 if (u := interpolate(line, r["avg_bits"])) is not None and r["test_acc"] < u]
+        add("accuracy mode: never below the uniform line", f"{len(below)} of {len(acc_rows)} draws below",
+            not below if line else None)
+    else:
+        for t in ("accuracy mode (t_init 0.5): bits spread max/min <= 1.15", "accuracy mode: median test drop <= 0.3",
+                  "accuracy mode: never below the uniform line"):
+            add(t, None, None)
+    losses = []
+    budgets = sorted({k[1] for k in summary if k[0] == "fxquant_budget"})
+    for setting in budgets:
+        ours = summary[("fxquant_budget", setting)]["acc"]["median"]
+        for rival in ("hawq", "zeroq"):
+            s = summary.get((rival, setting))
+            if s is not None and s["acc"]["median"] > ours:
+                losses.append(f"{rival} at {setting[1:]} bits (+{s['acc']['median'] - ours:.2f})")
+        u = interpolate(line, float(setting[1:]))
+        if u is not None and u > ours:
+            losses.append(f"uniform line at {setting[1:]} bits (+{u - ours:.2f})")
+    add("budget mode at least as accurate as every baseline at every budget (medians)",
+        "; ".join(losses) or ("none lost" if budgets else None), (not losses) if budgets else None)
+    times = [r["search_seconds"] for k, r in entry["rows"].items() if k.startswith("fxquant_")]
+    paper = [r["search_seconds"] for k, r in entry["rows"].items() if k.startswith("paper_adaptive/")]
+    if times:
+        med = statistics.median(times)
+        ref = f"paper adaptive median {statistics.median(paper):.0f} s" if paper else f"~{TARGET_SECONDS:.0f} s"
+        add(f"search time no slower than today's (~{TARGET_SECONDS:.0f} s incl. statistics)",
+            f"median {med:.0f} s ({ref})", med <= max(TARGET_SECONDS, statistics.median(paper) if paper else 0))
+    else:
+        add(f"search time no slower than today's (~{TARGET_SECONDS:.0f} s)", None, None)
+    return out
+
+
+def _fmt(s: dict, spec: str) -> str:
+    return f"{s['median']:{spec}} ({s['min']:{spec}}–{s['max']:{spec}})"
+
+
+def markdown(data: dict) -> str:
+    lines = ["# Pareto benchmark: held-out accuracy vs average bits (issue 15)", "",
+             "Generated by `benchmarks/pareto.py` from `pareto.json`; medians over calibration draws, "
+             "(min–max) in brackets. Same quantizer for every method (GPTQ + bias correction, statistics "
+             "from training images disjoint from each draw's calibration images); the test split is "
+             "never seen by any method.", ""]
+    for name, entry in data["models"].items():
+        setup = entry["setup"]
+        summary = summarise(entry)
+        lines += [f"## {name}", "",
+                  f"float test accuracy {entry['float_test_acc']:.2f}% on {setup['n_test']} test images; "
+                  f"{setup['n_calib']} calibration and {setup['n_stats']} statistics images per draw"
+                  + (f" (**smoke run, --limit {setup['limit']}**)" if setup.get("limit") else "") + ".", "",
+                  "| method | setting | test accuracy % | average bits | search s | draws |",
+                  "|---|---|---:|---:|---:|---:|"]
+        order = list(LABELS)
+        ranked = sorted(summary.items(), key=lambda kv: (order.index(kv[0][0]), kv[1]["bits"]["median"]))
+        for (method, setting), s in ranked:
+            lines.append(f"| {LABELS[method]} | {setting} | {_fmt(s['acc'], '.2f')} | {_fmt(s['bits'], '.2f')} | "
+                         f"{s['seconds']['median']:.0f} | {s['acc']['n']} |")
+        lines += ["", "Targets:", ""]
+        for v in verdicts(entry):
+            mark = "not measured" if v["ok"] is None else ("**met**" if v["ok"] else "**missed**")
+            lines.append(f"* {v['target']}: {v['value'] or '–'} — {mark}")
+        lines.append("")
+    lines += ["![accuracy vs bits](img/pareto.png)", ""]
+    return "\n".join(lines)
+
+
+def figure(data: dict, path: Path) -> Path | None:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    models = list(data["models"])
+    if not models:
+        return None
+    fig, axes = plt.subplots(1, len(models), figsize=(6.5 * len(models), 4.8), squeeze=False)
+    for ax, name in zip(axes[0], models):
+        entry = data["models"][name]
+        summary = summarise(entry)
+        line = uniform_line(summary)
+        if line:
+            ax.plot([b for b, _ in line], [a for _, a in line], "-o", color="#7c3f99", label=LABELS["uniform"])
+        for i, method in enumerate(m for m in LABELS if m != "uniform"):
+            pts = sorted(((s["bits"], s["acc"]) for (m, _), s in summary.items() if m == method),
+                         key=lambda p: p[0]["median"])
+            if not pts:
+                continue
+            xs = [b["median"] for b, _ in pts]
+            ys = [a["median"] for _, a in pts]
+            xerr = [[b["median"] - b["min"] for b, _ in pts], [b["max"] - b["median"] for b, _ in pts]]
+            yerr = [[a["median"] - a["min"] for _, a in pts], [a["max"] - a["median"] for _, a in pts]]
+            ax.errorbar(xs, ys, xerr=xerr, yerr=yerr,
+                        fmt="s--" if len(pts) > 1 else "D", color=f"C{i}", capsize=2, markersize=5,
+                        label=LABELS[method])
+        ax.axhline(entry["float_test_acc"], color="#444444", linestyle=":", label="float")
+        ax.set_xlabel("average bits (eq. 5)")
+        ax.set_ylabel("held-out test accuracy (%)")
+        ax.set_title(f"{name}: median over draws (bars: min–max)")
+        shown = [s["acc"]["median"] for s in summary.values() if s["bits"]["median"] >= 1.4]
+        lo = min([entry["float_test_acc"] - 3] + shown)
+        ax.set_ylim(lo, entry["float_test_acc"] + 0.5)
+        ax.set_xlim(1.2, 8.3)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=130)
+    plt.close(fig)
+    return path
+
+
+def write_report(json_path: Path, out_dir: Path) -> str:
+    """Write ``pareto.md`` and ``img/pareto.png`` next to the JSON; returns the markdown."""
+    import json
+
+    data = json.loads(Path(json_path).read_text())
+    text = markdown(data)
+    (Path(out_dir) / "pareto.md").write_text(text)
+    figure(data, Path(out_dir) / "img" / "pareto.png")
+    return text

@@ -1,0 +1,238 @@
+"""The sensitivity search: measured per-layer sensitivities, a global allocation, an oracle check.
+
+Where the paper's greedy (:mod:`fxquant.passes.search`) decides one layer at a
+time on top-1 counts, so that single calibration images decide widths and every
+decision steers the later ones, this search
+
+1. measures every layer's sensitivity at every candidate width
+   (:mod:`fxquant.passes.sensitivity`: mean KL of the logits, that layer alone
+   quantized, over the calibration images);
+2. builds the exact size/sensitivity Pareto frontier of all allocations
+   (:func:`fxquant.core.allocate.pareto_frontier`; size = ``params * bits`` for
+   ``target_bits`` and accuracy mode, packed + grid bytes for ``max_bytes``);
+3. uses the oracle, on the whole calibration set, only to choose along that
+   one-dimensional frontier:
+
+   * budget mode (``target_bits`` / ``max_bytes``): the ``budget_checks``
+     largest frontier points within the budget are evaluated and the best kept
+     (the oracle sees the interactions the additive model misses);
+   * accuracy mode: a bisection over frontier points about 0.05 average bits apart
+     for the smallest one whose oracle value passes ``float - t_init`` with a
+     statistical margin: the drop plus ``accept_sigmas`` standard errors (for
+     the default accuracy oracle, ``100 * sqrt(lost images) / N``) must stay
+     within ``t_init``, so that a width is not accepted on a few lucky images.
+
+Layers in ``keep_8bit`` are counted at ``baseline_bits``, layers left float at
+32 bits (``target_bits``) or 0 bytes (``max_bytes`` counts packed storage only).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import time
+from fractions import Fraction
+
+import torch
+from torch import fx
+
+from fxquant.core.allocate import Allocation, pareto_frontier
+from fxquant.core.packing import packed_nbytes
+from fxquant.engine.distributed import Comm
+from fxquant.engine.evaluate import GraphEvaluator
+from fxquant.engine.oracle import AccuracyOracle
+from fxquant.passes.calibrate import LayerQuantizer
+from fxquant.passes.importance import update_layer_infos
+from fxquant.passes.sensitivity import extrapolate, measure_sensitivity
+from fxquant.schema import FrontierPoint, Layer, SearchConfig, SearchResult
+
+__all__ = ["search_sensitivity", "budget_sizes"]
+
+log = logging.getLogger("fxquant.search")
+
+FLOAT_BITS = 32  # eq. 5's count for a layer left float
+WALK_STEP = 0.05  # average bits between the frontier points the accuracy-mode bisection chooses among
+
+
+def _grid_bytes(quantizer: LayerQuantizer, layer: Layer, bits: int) -> int:
+    qw, _ = quantizer.quantized(layer, bits)
+    return 4 * (qw.scale.numel() + qw.zero_point.numel())
+
+
+def budget_sizes(cfg: SearchConfig, all_layers: list[Layer], searched: list[Layer], kept: list[Layer],
+                 quantizer: LayerQuantizer) -> tuple[list[list[int]], int, int | None, str]:
+    """``(sizes per searched layer and candidate, fixed size of the others, budget or None, unit)``."""
+    cands = cfg.candidates
+    if cfg.max_bytes is not None:
+        sizes = [[packed_nbytes(lay.params, b) + _grid_bytes(quantizer, lay, cands[0]) for b in cands]
+                 for lay in searched]
+        fixed = sum(packed_nbytes(lay.params, cfg.baseline_bits) + _grid_bytes(quantizer, lay, cfg.baseline_bits)
+                    for lay in kept)
+        return sizes, fixed, cfg.max_bytes, "bytes"
+    quantized = {lay.name for lay in searched} | {lay.name for lay in kept}
+    fixed = sum(lay.params * cfg.baseline_bits for lay in kept) + \
+        sum(lay.params * FLOAT_BITS for lay in all_layers if lay.name not in quantized)
+    sizes = [[lay.params * b for b in cands] for lay in searched]
+    budget = None
+    if cfg.target_bits is not None:
+        total = sum(lay.params for lay in all_layers)
+        budget = math.floor(Fraction(cfg.target_bits) * total)  # eq. 5 average <= target_bits, exactly
+    return sizes, fixed, budget, "bit-params"
+
+
+def _infeasible(cfg: SearchConfig, smallest: int, total_params: int, n_kept: int, n_float: int) -> ValueError:
+    counted = f"; {n_kept} layer(s) kept at {cfg.baseline_bits} bits" if n_kept else ""
+    if cfg.max_bytes is not None:
+        return ValueError(f"max_bytes={cfg.max_bytes} is infeasible: the smallest feasible budget is "
+                          f"max_bytes={smallest} (every searched layer at {cfg.candidates[0]} bits{counted}; "
+                          f"layers left float are not counted)")
+    floats = f"; {n_float} float layer(s) counted at {FLOAT_BITS} bits" if n_float else ""
+    return ValueError(f"target_bits={cfg.target_bits} is infeasible: the smallest feasible budget is "
+                      f"target_bits={math.ceil(smallest / total_params * 1e4) / 1e4} (every searched layer at "
+                      f"{cfg.candidates[0]} bits{counted}{floats})")
+
+
+def _thin(points: tuple[Allocation, ...], k: int) -> list[int]:
+    """Indices of at most ``k`` frontier points evenly spread in size (first and last included)."""
+    if len(points) <= k:
+        return list(range(len(points)))
+    lo, hi = points[0].size, points[-1].size
+    picked, j = [], 0
+    for t in range(k):
+        target = lo + (hi - lo) * t / (k - 1)
+        while j < len(points) - 1 and points[j].size < target:
+            j += 1
+        if not picked or picked[-1] != j:
+            picked.append(j)
+    return picked
+
+
+def search_sensitivity(gm: fx.GraphModule, oracle, cfg: SearchConfig, *, all_layers: list[Layer],
+                       layers: list[Layer], keep_8bit, quantizer: LayerQuantizer,
+                       inputs: list[torch.Tensor] | None, verbose: bool = True, comm: Comm | None = None,
+                       t0: float | None = None) -> SearchResult:
+    """Search bit-widths with the sensitivity method; annotates ``node.meta`` in place (see module doc).
+
+    Float weights are restored before returning. ``inputs`` are the images the
+    sensitivities are measured on (default: the accuracy oracle's).
+    """
+    t0 = time.perf_counter() if t0 is None else t0
+    emit = log.info if verbose and (comm is None or comm.is_main) else log.debug
+    if inputs is None and isinstance(oracle, AccuracyOracle):
+        inputs = [x for x, _ in oracle.batches]
+    if not inputs:
+        raise ValueError("method='sensitivity' measures each layer on calibration inputs: pass calib_loader "
+                         "(or stats_loader) with a custom oracle, or use method='paper'")
+    searched = [lay for lay in layers if lay.name not in keep_8bit]
+    kept = [lay for lay in layers if lay.name in keep_8bit]
+    cands = cfg.candidates
+    sizes, fixed, budget, unit = budget_sizes(cfg, all_layers, searched, kept, quantizer)
+    total_params = sum(lay.params for lay in all_layers)
+    smallest = fixed + sum(row[0] for row in sizes)
+    if budget is not None and smallest > budget:
+        n_float = len(all_layers) - len(layers)
+        raise _infeasible(cfg, smallest, total_params, len(kept), n_float)
+
+    evaluator = GraphEvaluator(gm, oracle, layers, fast=cfg.evaluation == "fast",
+                               cache_bytes=int(cfg.cache_mb * 2**20), comm=comm)
+    try:
+        if cfg.hardest_first and budget is None:
+            evaluator.order_hardest_first()  # rejected points stop after their first batches
+        float_value, _ = evaluator.evaluate()
+        measured, forwards, sens_seconds = measure_sensitivity(
+            gm, searched, quantizer, inputs, cands, samples=cfg.sensitivity_samples,
+            cache_bytes=int(cfg.cache_mb * 2**20), verbose=verbose and (comm is None or comm.is_main))
+        sens = {name: extrapolate(m, cands) for name, m in measured.items()}
+        emit("fxquant search: sensitivities of %d layers in %.1f s", len(searched), sens_seconds)
+        front = pareto_frontier([[sens[lay.name][b] for b in cands] for lay in searched], sizes)
+        points = front.points
+
+        def set_point(p: Allocation) -> None:
+            for lay, o in zip(searched, p.choice):
+                quantizer.apply(lay, cands[o])
+            for lay in kept:
+                quantizer.apply(lay, cfg.baseline_bits)
+
+        values: dict[int, float] = {}
+
+        def value_of(i: int, threshold: float | None = None) -> tuple[float, bool]:
+            set_point(points[i])
+            value, complete = evaluator.evaluate(threshold)
+            if complete:
+                values[i] = value
+            return value, complete
+
+        if budget is not None:
+            fitting = [i for i, p in enumerate(points) if p.size + fixed <= budget]
+            checks = fitting[-cfg.budget_checks:]
+            best = None
+            for i in reversed(checks):  # ties keep the larger, less sensitive point
+                v, _ = value_of(i)
+                if best is None or v > values[best]:
+                    best = i
+            chosen = best
+        else:
+            total = oracle.total if isinstance(oracle, AccuracyOracle) else None
+            floor = float_value - cfg.t_init
+
+            def accepted(i: int) -> bool:
+                v, complete = value_of(i, floor)
+                if not complete or v < floor:
+                    return False
+                if total is None:
+                    return True
+                lost = max(1.0, (float_value - v) / 100.0 * total)
+                return (float_value - v) + cfg.accept_sigmas * 100.0 * math.sqrt(lost) / total <= cfg.t_init
+
+            span = (points[-1].size - points[0].size) / (WALK_STEP * total_params)
+            walk = _thin(points, max(2, min(256, int(span) + 1)))
+            lo, hi, chosen = 0, len(walk) - 1, None
+            while lo <= hi:  # assumes the oracle improves along the frontier (size up, sensitivity down)
+                mid = (lo + hi) // 2
+                if accepted(walk[mid]):
+                    chosen, hi = walk[mid], mid - 1
+                else:
+                    lo = mid + 1
+            if chosen is None:
+                chosen = len(points) - 1
+                emit("fxquant search: no frontier point within t_init=%g of float; taking the widest", cfg.t_init)
+        if chosen not in values:
+            value_of(chosen)
+        final_value = values[chosen]
+        for lay in layers:
+            quantizer.apply(lay, cfg.baseline_bits)
+        baseline, _ = evaluator.evaluate()
+    finally:
+        evaluator.release()
+        quantizer.restore()
+
+    choice = points[chosen].choice
+    bits = {lay.name: cfg.baseline_bits for lay in layers}
+    bits.update({lay.name: cands[o] for lay, o in zip(searched, choice)})
+    update_layer_infos(gm, {name: {"bits": b} for name, b in bits.items()})
+    shown = set(_thin(points, 64)) | set(values)
+    frontier = tuple(_frontier_point(cfg, quantizer, searched, kept, all_layers, p, values.get(i), i == chosen)
+                     for i, p in enumerate(points) if i in shown)
+    result = SearchResult(bits=bits, decisions=(), float_value=float_value, baseline_value=baseline,
+                          final_value=final_value, oracle_calls=evaluator.calls,
+                          layer_forwards=evaluator.total_layer_forwards() + forwards,
+                          seconds=time.perf_counter() - t0, evaluation="fast" if evaluator.fast else "naive",
+                          config=dataclasses.replace(cfg, quant=quantizer.config), method="sensitivity",
+                          sensitivity=measured, frontier=frontier)
+    emit("fxquant search: %s, %.3f average bits, oracle %.3f (float %.3f, all-%d-bit %.3f), %d frontier "
+         "points (%d checked), %d oracle calls, %.1f s",
+         f"budget {budget + 0} {unit}" if budget is not None else f"t_init {cfg.t_init:g}",
+         next(f.average_bits for f in frontier if f.chosen), final_value, float_value, cfg.baseline_bits,
+         baseline, len(points), len(values), result.oracle_calls, result.seconds)
+    return result
+
+
+def _frontier_point(cfg, quantizer, searched, kept, all_layers, p: Allocation, value, chosen) -> FrontierPoint:
+    widths = {lay.name: cfg.candidates[o] for lay, o in zip(searched, p.choice)}
+    widths.update({lay.name: cfg.baseline_bits for lay in kept})
+    total = sum(lay.params for lay in all_layers)
+    avg = sum(lay.params * widths.get(lay.name, FLOAT_BITS) for lay in all_layers) / total
+    nbytes = sum(packed_nbytes(lay.params, b) + _grid_bytes(quantizer, lay, cfg.candidates[0])
+                 for lay in (*searched, *kept) for b in (widths[lay.name],))
+    return FrontierPoint(average_bits=avg, nbytes=nbytes, sensitivity=p.cost, value=value, chosen=chosen)
