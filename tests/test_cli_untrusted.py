@@ -107,6 +107,22 @@ def test_a_file_never_chooses_the_code_eval_runs(crafted, tripwires, capsys, spe
     assert tripwires == []
 
 
+@pytest.mark.parametrize("spec", ["fxquant.cli.main:main", "os:fork", "fxquant.demo:run_demo",
+                                  "fxquant.cli.models:os.abort"])
+def test_a_file_never_chooses_the_code_export_runs(crafted, tripwires, capsys, tmp_path, spec):
+    """``fxquant export`` rebuilds the model through eval's allow-list and bounds."""
+    path = crafted(model=spec)
+    code, out, err = run(capsys, "export", path, "--onnx", tmp_path / "m.onnx")
+    assert code == 1 and len(err.strip().splitlines()) == 1, err
+    assert "pass --model" in err and not (tmp_path / "m.onnx").exists()
+    assert tripwires == []
+
+
+def test_export_bounds_what_it_reads(crafted, capsys, tmp_path):
+    code, _, err = run(capsys, "export", crafted(num_classes=10**7), "--onnx", tmp_path / "m.onnx")
+    assert code == 1 and "num_classes" in err
+
+
 def test_the_allow_list_is_one_table_of_exact_names():
     assert "fxquant.demo:DemoCNN" in recorded.RECORDED_BUILDERS
     assert recorded.recorded_builder("fxquant.demo:DemoCNN", "f").build(3, {"width": 2}).head.out_features == 3
