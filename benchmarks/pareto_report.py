@@ -13,7 +13,8 @@ __all__ = ["SCHEMA", "summarise", "verdicts", "write_report"]
 SCHEMA = "fxquant-pareto-1"
 LABELS = {"uniform": "uniform widths", "paper_fixed": "paper search, fixed margin",
           "paper_adaptive": "paper search, adaptive margin", "hawq": "HAWQ-v2-style", "zeroq": "ZeroQ-style",
-          "fxquant_budget": "fxquant default, budget mode", "fxquant_accuracy": "fxquant default, accuracy mode"}
+          "fxquant_budget": "fxquant budget mode (target_bits)",
+          "fxquant_accuracy": "fxquant sensitivity, accuracy mode"}
 TARGET_SECONDS = 100.0
 
 
@@ -75,19 +76,25 @@ def verdicts(entry: dict) -> list[dict]:
         for t in ("accuracy mode (t_init 0.5): bits spread max/min <= 1.15", "accuracy mode: median test drop <= 0.3",
                   "accuracy mode: never below the uniform line"):
             add(t, None, None)
-    losses = []
+    losses, compared = [], []
     budgets = sorted({k[1] for k in summary if k[0] == "fxquant_budget"})
     for setting in budgets:
         ours = summary[("fxquant_budget", setting)]["acc"]["median"]
         for rival in ("hawq", "zeroq"):
             s = summary.get((rival, setting))
-            if s is not None and s["acc"]["median"] > ours:
-                losses.append(f"{rival} at {setting[1:]} bits (+{s['acc']['median'] - ours:.2f})")
+            if s is not None:
+                compared.append(f"{rival}@{setting[1:]}")
+                if s["acc"]["median"] > ours:
+                    losses.append(f"{rival} at {setting[1:]} bits (+{s['acc']['median'] - ours:.2f})")
         u = interpolate(line, float(setting[1:]))
-        if u is not None and u > ours:
-            losses.append(f"uniform line at {setting[1:]} bits (+{u - ours:.2f})")
+        if u is not None:
+            compared.append(f"uniform@{setting[1:]}")
+            if u > ours:
+                losses.append(f"uniform line at {setting[1:]} bits (+{u - ours:.2f})")
+    # no comparison made is "not measured", never a pass
     add("budget mode at least as accurate as every baseline at every budget (medians)",
-        "; ".join(losses) or ("none lost" if budgets else None), (not losses) if budgets else None)
+        ("; ".join(losses) or f"none lost ({len(compared)} comparisons)") if compared else None,
+        (not losses) if compared else None)
     times = [r["search_seconds"] for k, r in entry["rows"].items() if k.startswith("fxquant_")]
     paper = [r["search_seconds"] for k, r in entry["rows"].items() if k.startswith("paper_adaptive/")]
     if times:
@@ -124,6 +131,13 @@ def markdown(data: dict) -> str:
         for (method, setting), s in ranked:
             lines.append(f"| {LABELS[method]} | {setting} | {_fmt(s['acc'], '.2f')} | {_fmt(s['bits'], '.2f')} | "
                          f"{s['seconds']['median']:.0f} | {s['acc']['n']} |")
+        draws = max((s["acc"]["n"] for s in summary.values()), default=0)
+        thin = sorted(f"{LABELS[m]} {st}" for (m, st), s in summary.items() if s["acc"]["n"] < draws)
+        absent = sorted(LABELS[m] for m in LABELS if not any(k[0] == m for k in summary))
+        if thin or absent:
+            lines += ["", f"**Incomplete run**: fewer than {draws} draws for {', '.join(thin) or 'none'}; "
+                          f"not run: {', '.join(absent) or 'none'}. Verdicts below compare what exists "
+                          "(medians of unequal draw counts) and are provisional."]
         lines += ["", "Targets:", ""]
         for v in verdicts(entry):
             mark = "not measured" if v["ok"] is None else ("**met**" if v["ok"] else "**missed**")

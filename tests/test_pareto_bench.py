@@ -53,7 +53,7 @@ def test_a_rerun_resumes(bench):
 def test_report_and_verdicts(bench):
     out, path, *_ = bench
     text = pareto_report.write_report(path, out)
-    assert "| fxquant default, budget mode | b2 |" in text and "Targets:" in text
+    assert "| fxquant budget mode (target_bits) | b2 |" in text and "Targets:" in text
     assert (out / "img" / "pareto.png").stat().st_size > 0
     entry = json.loads(path.read_text())["models"]["tiny"]
     checks = pareto_report.verdicts(entry)
