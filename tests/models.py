@@ -186,12 +186,24 @@ ZOO = {
 }
 
 
-def build(name: str, seed: int = 0):
-    factory, shape, names = ZOO[name]
+def build(name: str, seed: int = 0, zoo: dict | None = None):
+    """``(model, example input, expected layer names)`` of ``name`` in ``zoo`` (default :data:`ZOO`)."""
+    factory, shape, names = (ZOO if zoo is None else zoo)[name]
     torch.manual_seed(seed)
     model = factory().eval()
     x = torch.randn(shape, generator=torch.Generator().manual_seed(seed + 1))
     return model, x, names
+
+
+def labelled_batches(name: str = "tiny_vit", batch: int = 16, n: int = 80):
+    """``(model, [(x, y), ...])``: ``n`` random inputs of zoo model ``name`` labelled by the model
+    itself, every 9th label wrong (so hardest-first has an order to find), in batches of ``batch``."""
+    model, _, _ = build(name)
+    x = torch.randn(n, *ZOO[name][1][1:], generator=torch.Generator().manual_seed(7))
+    with torch.no_grad():
+        y = model(x).argmax(dim=1)
+        y[::9] = (y[::9] + 1) % model(x[:1]).shape[1]
+    return model, [(x[i:i + batch], y[i:i + batch]) for i in range(0, n, batch)]
 
 
 # ----------------------------------------------------------------------------- computed weights
@@ -318,8 +330,4 @@ COMPUTED = {
 
 
 def build_computed(name: str, seed: int = 0):
-    factory, shape, names = COMPUTED[name]
-    torch.manual_seed(seed)
-    model = factory().eval()
-    x = torch.randn(shape, generator=torch.Generator().manual_seed(seed + 1))
-    return model, x, names
+    return build(name, seed, COMPUTED)

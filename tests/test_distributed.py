@@ -31,7 +31,7 @@ if __name__ == "__main__":  # started as a worker: make `fxquant` and `tests` im
 
 import fxquant  # noqa: E402
 from fxquant.engine.distributed import resolve, shard_indices  # noqa: E402
-from tests.models import ZOO, build  # noqa: E402
+from tests.models import ZOO, labelled_batches  # noqa: E402
 
 SCENARIOS = {  # name: (model of tests/models.py, compress options)
     "vit_fast_hardest_first": ("tiny_vit", dict(margin="fixed", t_init=3.0)),
@@ -42,15 +42,9 @@ SCENARIOS = {  # name: (model of tests/models.py, compress options)
 }
 
 
-def _calib(name: str = "tiny_vit", batch: int = 16, n: int = 106):
+def _calib(name: str = "tiny_vit"):
     """7 batches (6 of 16, one of 10): an odd count, so the ranks get unequal shares."""
-    model, _, _ = build(name)
-    x = torch.randn(n, *ZOO[name][1][1:], generator=torch.Generator().manual_seed(7))
-    with torch.no_grad():
-        y = model(x).argmax(dim=1)
-        # Some samples wrong already, so hardest-first has an order to find.
-        y[::9] = (y[::9] + 1) % model(x[:1]).shape[1]
-    return model, [(x[i:i + batch], y[i:i + batch]) for i in range(0, n, batch)]
+    return labelled_batches(name, n=106)
 
 
 def _weight_error_oracle(reference):

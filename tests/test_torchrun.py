@@ -18,20 +18,15 @@ import torch.distributed as dist
 
 import fxquant
 from fxquant.engine import distributed as fxdist
-from tests.models import ZOO, build
+from tests.models import ZOO, labelled_batches
 
 ROOT = Path(__file__).resolve().parents[1]
 SCENARIO = dict(margin="fixed", t_init=3.0)
 _TORCHRUN = ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT", "LOCAL_RANK")
 
 
-def calib(name: str = "tiny_vit", batch: int = 16, n: int = 80):
-    model, _, _ = build(name)
-    x = torch.randn(n, *ZOO[name][1][1:], generator=torch.Generator().manual_seed(7))
-    with torch.no_grad():
-        y = model(x).argmax(dim=1)
-        y[::9] = (y[::9] + 1) % model(x[:1]).shape[1]
-    return model, [(x[i:i + batch], y[i:i + batch]) for i in range(0, n, batch)]
+def calib():
+    return labelled_batches("tiny_vit", n=80)
 
 
 def summary(q) -> dict:
