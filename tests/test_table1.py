@@ -132,3 +132,22 @@ def test_results_file_refuses_another_setup_and_options_the_api_lacks(tmp_path):
     assert table1.open_results(path, "resnet18", {"n_test": 300}, {}, fresh=True)["rows"] == {}
     with pytest.raises(ValueError, match="unknown quantizer"):
         table1.quantizer("no_such_quantizer")
+
+
+def test_per_layer_bits_name_the_layer_that_decides_eq5():
+    """A VGG-like classifier: one layer with 3/4 of the weights decides the average and is named."""
+    from examples.eurosat import layer_bits
+
+    params = {"conv": 80, "fc6": 770, "fc7": 140, "fc8": 10}
+    bits = {"conv": 8, "fc6": 1, "fc7": 4, "fc8": None}
+    top = layer_bits.dominant_layers(params, bits)
+    assert [t[0] for t in top] == ["fc6", "fc7", "conv", "fc8"]
+    counted = 80 * 8 + 770 * 1 + 140 * 4 + 10 * 32  # eq. 5 numerator; float counts 32
+    assert top[0][1:] == pytest.approx((0.77, 770 / counted))
+    rows = {"default/search_adaptive": _row("default/search_adaptive", 96.0, counted / 1000,
+                                            layer_bits=bits, layer_params=params)}
+    lines = layer_bits.section(rows, {"default/search_adaptive": "adaptive, default"})
+    table = [ln for ln in lines if ln.startswith("| fc")]
+    assert table == ["| fc6 | 77.0% | 1 |", "| fc7 | 14.0% | 4 |", "| fc8 | 1.0% | float |"]
+    assert "fc6 77.0% at 1 bits" in lines[-2] and "conv" not in lines[-2]
+    assert layer_bits.section({}, {"default/search_adaptive": "x"}) == []

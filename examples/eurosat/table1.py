@@ -149,7 +149,8 @@ def compute_row(spec: RowSpec, model, calib, stats, test, verbose: bool) -> dict
         row.update(t_init=T_INIT, search_seconds=rep.seconds, oracle_calls=rep.oracle_calls,
                    layer_forwards=rep.layer_forwards, calib_float=rep.float_value,
                    calib_baseline=rep.baseline_value, calib_final=rep.final_value,
-                   layer_bits={lay.name: lay.bits for lay in rep.layers})
+                   layer_bits={lay.name: lay.bits for lay in rep.layers},
+                   layer_params={lay.name: lay.params for lay in rep.layers})
     return row
 
 

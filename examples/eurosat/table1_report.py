@@ -21,6 +21,7 @@ _REPO_ROOT = Path(__file__).resolve().parents[2]
 if str(_REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(_REPO_ROOT))
 
+from examples.eurosat import layer_bits  # noqa: E402
 from examples.eurosat.paper_table1 import PAPER_MODEL, PAPER_PROTOCOL, paper_row  # noqa: E402
 
 __all__ = ["SCHEMA", "FIGURE", "load_results", "evaluate_targets", "render_markdown", "plot", "write_report"]
@@ -247,6 +248,9 @@ def _model_section(model: str, data: dict) -> list[str]:
                          f"{_num(r.get('oracle_calls'), 'd')} | {_num(r.get('layer_forwards'), ',')} | "
                          f"{_num(r.get('wall_seconds'), '.0f')} | {calib} | {_num(r.get('threads'), 'd')} |")
         lines.append("")
+
+    lines += layer_bits.section(rows, {f"{g}/search_{m}": f"{m}, {g}" for g in QUANTIZERS
+                                       for m in ("fixed", "adaptive")})
 
     abl = {k: v for k, v in rows.items() if v.get("group") == "ablation"}
     pending = data.get("pending", {})
