@@ -13,7 +13,9 @@ REL_TOL = 1e-5  # float32 rounding in w / scale
 
 
 def _config(bits, granularity="per_channel", scheme="affine", clipping="minmax"):
-    return QuantConfig(bits=bits, granularity=granularity, scheme=scheme, clipping=clipping)
+    """The range-preserving grid under ``minmax`` (at 1 bit too: ``binary_scale="max"``), else MSE clipping."""
+    return QuantConfig(bits=bits, granularity=granularity, scheme=scheme, clipping=clipping,
+                       binary_scale="max" if clipping == "minmax" else "mean")
 
 
 def _grid_ends(qw):
@@ -109,6 +111,33 @@ def test_one_bit_is_a_signed_binary_code_per_channel(clipping):
         values = torch.unique(row)
         assert values.numel() == 2 and torch.isclose(values[0], -values[1])
         assert torch.equal(torch.sign(row), torch.sign(src))
+
+
+@pytest.mark.parametrize("clipping,binary_scale,amps", [
+    # rows [-0.5, 0.1, 0.4, -0.2] and [1.0, -3.0, 2.0, 0.5]: mean|w| = 0.3 and 1.625, max|w| = 0.5 and 3.0
+    ("minmax", "mean", (0.3, 1.625)), ("mse", "mean", (0.3, 1.625)), ("mse", "max", (0.3, 1.625)),
+    ("minmax", "max", (0.5, 3.0))])
+def test_one_bit_scale_is_mean_abs_unless_max_asked_for(clipping, binary_scale, amps):
+    w = torch.tensor([[-0.5, 0.1, 0.4, -0.2], [1.0, -3.0, 2.0, 0.5]])
+    qw = quantize_weight(w, QuantConfig(bits=1, clipping=clipping, binary_scale=binary_scale))
+    expected = torch.tensor(amps).view(-1, 1) * torch.sign(w)
+    assert torch.allclose(qw.dequantize(), expected)
+    assert qw.codes.tolist() == [[0, 1, 1, 0], [1, 0, 1, 1]]
+
+
+def test_mean_abs_is_the_least_squares_binary_code():
+    w = torch.randn(8, 200)
+    errs = {s: (quantize_weight(w, QuantConfig(bits=1, binary_scale=s)).dequantize() - w).pow(2).sum(1)
+            for s in ("mean", "max")}
+    assert (errs["mean"] < errs["max"]).all()
+    for f in (0.9, 1.1):  # a perturbed amplitude is worse: mean|w| is the optimum of sum (w - a sign w)^2
+        a = w.abs().mean(dim=1, keepdim=True) * f
+        assert ((a * torch.sign(w) - w).pow(2).sum(1) > errs["mean"]).all()
+
+
+def test_binary_scale_is_validated():
+    with pytest.raises(ValueError, match="QuantConfig.binary_scale must be one of"):
+        QuantConfig(binary_scale="median")
 
 
 @given(bit_widths, granularities, schemes, clippings)

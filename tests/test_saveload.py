@@ -392,3 +392,11 @@ def test_save_rejects_models_without_annotations(tmp_path):
     with pytest.raises(ValueError, match="no fxquant annotations"):
         fxquant.save(torch.fx.symbolic_trace(_stack()), tmp_path / "x.fxq")
     assert not list(tmp_path.iterdir())  # nothing half-written
+
+
+def test_files_from_before_binary_scale_read_as_max():
+    """Headers written before QuantConfig.binary_scale existed came from the max|w| 1-bit code."""
+    from fxquant.fileformat.header import _quant_config_from
+
+    assert _quant_config_from({"bits": 4}).binary_scale == "max"
+    assert _quant_config_from({"bits": 4, "binary_scale": "mean"}).binary_scale == "mean"

@@ -66,7 +66,8 @@ ABLATION = {"nearest": ("nearest", False), "bc": ("nearest", True),
 def quantizer(name: str) -> fxquant.QuantConfig:
     """The table's two quantizers: the paper's (per-tensor min/max, nearest) and fxquant's default."""
     if name == "paper":
-        return fxquant.QuantConfig(granularity="per_tensor", rounding="nearest", bias_correction=False)
+        return fxquant.QuantConfig(granularity="per_tensor", rounding="nearest", bias_correction=False,
+                                   binary_scale="max")
     if name == "default":
         return fxquant.QuantConfig()
     raise ValueError(f"unknown quantizer {name!r}; choose paper or default")
@@ -80,6 +81,7 @@ def ablation_config(method: str) -> fxquant.QuantConfig:
 def same_quantizer(a: dict, b: dict) -> bool:
     """Settings that give the same model here: calibration data is always passed, so auto = GPTQ."""
     def norm(q: dict) -> dict:
+        q = {"binary_scale": "max", **q}  # rows stored before the field existed used max|w| at 1 bit
         return {k: ("gptq" if k == "rounding" and v == "auto" else v) for k, v in q.items() if k != "bits"}
     return norm(a) == norm(b)
 

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
-__all__ = ["QuantConfig", "GRANULARITIES", "SCHEMES", "CLIPPINGS", "ROUNDINGS", "MAX_BITS", "is_bit_width",
+__all__ = ["QuantConfig", "GRANULARITIES", "SCHEMES", "CLIPPINGS", "BINARY_SCALES", "ROUNDINGS", "MAX_BITS", "is_bit_width",
            "check_bits"]
 
 GRANULARITIES = ("per_channel", "per_tensor")
 SCHEMES = ("affine", "symmetric")
 CLIPPINGS = ("minmax", "mse")
+BINARY_SCALES = ("mean", "max")
 ROUNDINGS = ("auto", "nearest", "gptq")
 MAX_BITS = 8  # codes are packed into bytes: 1..8 bits per weight
 
@@ -32,7 +33,8 @@ class QuantConfig:
 
     Attributes:
         bits: code width, 1..8. At 1 bit every scheme becomes the binary code
-            ``{-a, +a}`` per channel (see :mod:`fxquant.core.quantizer`).
+            ``{-a, +a}`` per channel (see :mod:`fxquant.core.quantizer`) and
+            ``binary_scale`` chooses ``a``.
         granularity: ``"per_channel"`` (one scale and zero point per output
             channel, dim 0 of the weight) or ``"per_tensor"``.
         scheme: ``"affine"`` (integer zero point: 0.0 is exactly representable,
@@ -44,6 +46,14 @@ class QuantConfig:
             accuracy than weight-MSE clipping in measurements on EuroSAT) or
             ``"mse"`` (per channel, the clipping ratio that minimises the
             weight's squared error, searched over ``mse_grid`` ratios).
+        binary_scale: ``a`` of the 1-bit code ``{-a, +a}``. ``"mean"``
+            (default): ``mean|w|`` of the channel, the least-squares optimum
+            for a sign code (XNOR-Net's choice). ``"max"``: ``max|w|``, which
+            keeps the channel's range like ``minmax`` does at other widths but
+            puts nearly every weight far from its level; it was fxquant's
+            only 1-bit code under ``minmax`` until this field existed, and is
+            kept for the paper-faithful quantizer and earlier results.
+            ``clipping="mse"`` always uses ``"mean"``.
         mse_grid: number of clipping ratios tried by ``"mse"``, evenly spaced
             in ``[mse_min_ratio, 1]``.
         mse_min_ratio: smallest clipping ratio tried by ``"mse"``.
@@ -69,6 +79,7 @@ class QuantConfig:
     granularity: str = "per_channel"
     scheme: str = "affine"
     clipping: str = "minmax"
+    binary_scale: str = "mean"
     mse_grid: int = 40
     mse_min_ratio: float = 0.2
     rounding: str = "auto"
@@ -86,6 +97,8 @@ class QuantConfig:
             raise ValueError(f"QuantConfig.scheme must be one of {SCHEMES}, got {self.scheme!r}")
         if self.clipping not in CLIPPINGS:
             raise ValueError(f"QuantConfig.clipping must be one of {CLIPPINGS}, got {self.clipping!r}")
+        if self.binary_scale not in BINARY_SCALES:
+            raise ValueError(f"QuantConfig.binary_scale must be one of {BINARY_SCALES}, got {self.binary_scale!r}")
         if isinstance(self.mse_grid, bool) or not isinstance(self.mse_grid, int) or self.mse_grid < 1:
             raise ValueError(f"QuantConfig.mse_grid must be a positive int, got {self.mse_grid!r}")
         if not 0.0 < float(self.mse_min_ratio) <= 1.0:

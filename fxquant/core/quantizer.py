@@ -8,8 +8,11 @@ Every bit-width 1..8 uses all ``2**b`` levels:
 * ``symmetric`` (``b >= 2``): the grid spans ``[-max|w|, max|w|]`` with the
   half-integer zero point ``(2**b - 1) / 2``; 0.0 falls between two levels.
 * ``b == 1``, any scheme: the binary code ``{-a, +a}`` per channel (zero point
-  1/2). ``a = max|w|`` under ``minmax`` clipping and ``a = mean|w|`` (the
-  least-squares optimum for a sign code) under ``mse`` clipping. An affine
+  1/2). ``a = mean|w|`` (the least-squares optimum for a sign code) by default
+  and always under ``mse`` clipping; ``a = max|w|`` under ``minmax`` clipping
+  with ``binary_scale="max"`` (the range-preserving choice, which leaves nearly
+  every weight far from its level: a ResNet18 with some layers at 1 bit loses
+  far more accuracy with it, see ``docs/results/clipping_choice.md``). An affine
   1-bit grid would be ``{0, max}``, wasting half the code on a level most
   weights are far from.
 
@@ -106,7 +109,8 @@ def compute_qparams(weight: torch.Tensor, config: QuantConfig, name: str = "weig
         ones = torch.ones(rows.shape[0], device=rows.device)
         return ones, torch.zeros_like(ones)
     if config.clipping == "minmax":
-        return _grid_for_ratio(rows, config.bits, config.scheme, 1.0, binary_mean=False)
+        return _grid_for_ratio(rows, config.bits, config.scheme, 1.0,
+                               binary_mean=config.binary_scale == "mean")
     if config.bits == 1:
         return _grid_for_ratio(rows, 1, config.scheme, 1.0, binary_mean=True)
     # Weight-MSE clipping: try each ratio for all channels at once, keep the best per channel.
