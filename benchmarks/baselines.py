@@ -19,6 +19,7 @@ measures), so that between methods only the allocation differs.
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 from fractions import Fraction
@@ -38,6 +39,7 @@ from fxquant.passes.sensitivity import measure_sensitivity
 __all__ = ["Prepared", "prepare", "build", "hawq_sensitivity", "zeroq_sensitivity", "knapsack_bits"]
 
 CANDIDATES = (1, 2, 3, 4, 5, 6, 7, 8)
+log = logging.getLogger("fxquant.bench")
 
 
 class Prepared:
@@ -77,9 +79,15 @@ def knapsack_bits(prep: Prepared, sens: dict[str, dict[int, float]], target_bits
     return {lay.name: CANDIDATES[o] for lay, o in zip(prep.layers, got.choice)}
 
 
-def hawq_sensitivity(prep: Prepared, calib_loader, *, max_images: int = 512, probes: int = 2,
+def hawq_sensitivity(prep: Prepared, calib_loader, *, max_images: int = 512, probes: int = 16,
                      seed: int = 0) -> tuple[dict[str, dict[int, float]], float]:
-    """HAWQ-v2: ``Tr(H_l)/n_l * ||W_l - Q_b(W_l)||^2`` per layer and width; returns (sens, seconds)."""
+    """HAWQ-v2: ``Tr(H_l)/n_l * ||W_l - Q_b(W_l)||^2`` per layer and width; returns (sens, seconds).
+
+    ``Tr(H_l)`` is Hutchinson's estimate with ``probes`` Rademacher vectors per batch. With
+    few probes the off-diagonal Hessian mass dominates it and it can come out negative,
+    which would make the layer look free to quantize; a layer whose estimate is not
+    positive gets the smallest positive mean diagonal measured instead, with a warning.
+    """
     t0 = time.perf_counter()
     gm = prep.gm
     weights = [weight_of(gm, lay) for lay in prep.layers]
@@ -106,10 +114,17 @@ def hawq_sensitivity(prep: Prepared, calib_loader, *, max_images: int = 512, pro
         for w, f in zip(weights, flags):
             w.requires_grad_(f)
             w.grad = None
+    diags = [tr / seen / lay.params for lay, tr in zip(prep.layers, traces)]  # mean Hessian diagonal
+    positive = [d for d in diags if d > 0]
+    floor = min(positive) if positive else 1.0
+    for lay, d in zip(prep.layers, diags):
+        if d <= 0:
+            log.warning("hawq: %s has a non-positive Hessian trace estimate (%.3g per weight); using %.3g",
+                        lay.name, d, floor)
     sens = {}
     with torch.no_grad():
-        for lay, w, tr in zip(prep.layers, weights, traces):
-            mean_diag = tr / seen / lay.params
+        for lay, w, d in zip(prep.layers, weights, diags):
+            mean_diag = max(d, floor)
             err = {b: float(((prep.quantizer.quantized(lay, b)[0].dequantize() - w) ** 2).sum()) for b in CANDIDATES}
             sens[lay.name] = {b: mean_diag * e for b, e in err.items()}
     return sens, time.perf_counter() - t0

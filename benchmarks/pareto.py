@@ -27,6 +27,7 @@ another (they share the file). The report (``pareto_report.py``) is regenerated 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime
 import json
 import os
@@ -77,15 +78,15 @@ def measure(gm, test) -> dict:
 class Draw:
     """One calibration draw: its loaders, and lazily its prepared quantizer and baseline sensitivities."""
 
-    def __init__(self, model, calib, stats, verbose: bool):
-        self.model, self.calib, self.stats, self.verbose = model, calib, stats, verbose
+    def __init__(self, model, calib, stats, verbose: bool, quant: fxquant.QuantConfig):
+        self.model, self.calib, self.stats, self.verbose, self.quant = model, calib, stats, verbose, quant
         self._prep = None
         self._sens: dict[str, tuple[dict, float]] = {}
 
     @property
     def prep(self) -> baselines.Prepared:
         if self._prep is None:
-            self._prep = baselines.prepare(self.model, self.stats)
+            self._prep = baselines.prepare(self.model, self.stats, self.quant)
         return self._prep
 
     def sensitivity(self, method: str) -> tuple[dict, float]:
@@ -113,7 +114,8 @@ def compute_row(method: str, value, draw: Draw, test) -> dict:
                    "paper_adaptive": dict(method="paper", margin="adaptive", t_init=T_INIT),
                    "fxquant_budget": dict(target_bits=value),
                    "fxquant_accuracy": dict(method="sensitivity", t_init=T_INIT)}[method]
-        gm = fxquant.compress(draw.model, draw.calib, stats_loader=draw.stats, verbose=draw.verbose, **options)
+        gm = fxquant.compress(draw.model, draw.calib, stats_loader=draw.stats, verbose=draw.verbose,
+                              quant=draw.quant, **options)
         rep = fxquant.report(gm)
         row.update(search_seconds=rep.seconds, calib_float=rep.float_value, calib_final=rep.final_value,
                    oracle_calls=rep.oracle_calls)
@@ -141,8 +143,14 @@ def open_results(path: Path) -> dict:
 
 
 def run(name: str, model, draws: dict[int, tuple], test, *, methods, budgets, path: Path, setup: dict,
-        float_acc: float | None = None, verbose: bool = False, log=print) -> dict:
-    """Compute (or resume) every row of ``name``; ``draws`` maps draw -> (calib, stats) loaders."""
+        quant: fxquant.QuantConfig | None = None, float_acc: float | None = None, verbose: bool = False,
+        log=print) -> dict:
+    """Compute (or resume) every row of ``name``; ``draws`` maps draw -> (calib, stats) loaders.
+
+    ``quant`` (default ``QuantConfig()``) is every method's quantizer; its settings are part of ``setup``.
+    """
+    quant = quant or fxquant.QuantConfig()
+    setup = {**setup, "quant": dataclasses.asdict(quant)}
     data = open_results(path)
     entry = data["models"].setdefault(name, {"setup": setup, "rows": {}})
     if entry.get("setup") != setup:
@@ -160,7 +168,7 @@ def run(name: str, model, draws: dict[int, tuple], test, *, methods, budgets, pa
             continue
         if d not in cache:
             cache.clear()  # one draw's statistics and activations in memory at a time
-            cache[d] = Draw(model, *draws[d], verbose)
+            cache[d] = Draw(model, *draws[d], verbose, quant)
         row = compute_row(method, value, cache[d], test)
         row.update(draw=d, date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
                    **provenance)
@@ -186,6 +194,9 @@ def parse_args(argv):
     p.add_argument("--root", default=None, help="EuroSAT root (default ../shared/data)")
     p.add_argument("--checkpoint", type=Path, default=None)
     p.add_argument("--fresh", action="store_true", help="discard this model's stored rows")
+    p.add_argument("--binary-scale", choices=["mean", "max"], default="mean",
+                   help="the quantizer's 1-bit scale (QuantConfig.binary_scale); rows of a non-default "
+                        "choice are stored under '<model> [binary_scale=...]'")
     p.add_argument("--report", action="store_true", help="only regenerate the markdown and the figure")
     p.add_argument("--verbose", action="store_true", help="per-layer search progress")
     args = p.parse_args(argv)
@@ -233,15 +244,18 @@ def main(argv=None) -> int:
         assert not set(test_idx.tolist()) & set(train_idx.tolist())
         test = fxquant.AccuracyOracle(splits.loader(test_idx))
         setup = {"split_seed": seed, "n_test": int(test_idx.numel()), "n_calib": n_calib, "n_stats": n_stats,
-                 "t_init": T_INIT, "checkpoint": ckpt.name, "limit": args.limit}
+                 "t_init": T_INIT, "checkpoint": ckpt.name, "checkpoint_test_acc": meta.get("test_acc"),
+                 "limit": args.limit}
+        quant = fxquant.QuantConfig(binary_scale=args.binary_scale)
+        name = args.model if quant == fxquant.QuantConfig() else f"{args.model} [binary_scale={args.binary_scale}]"
         if args.fresh and path.is_file():
             data = open_results(path)
-            data["models"].pop(args.model, None)
+            data["models"].pop(name, None)
             write_json(path, data)
         print(f"{args.model}: {test_idx.numel()} test images, draws {sorted(draws)}, {n_calib} calibration + "
               f"{n_stats} statistics images per draw, threads {torch.get_num_threads()} -> {path}", flush=True)
-        run(args.model, model, draws, test, methods=args.methods, budgets=args.budgets, path=path, setup=setup,
-            verbose=args.verbose, log=lambda s: print(s, flush=True))
+        run(name, model, draws, test, methods=args.methods, budgets=args.budgets, path=path, setup=setup,
+            quant=quant, verbose=args.verbose, log=lambda s: print(s, flush=True))
     print(pareto_report.write_report(path, args.out))
     return 0
 

@@ -16,6 +16,7 @@ LABELS = {"uniform": "uniform widths", "paper_fixed": "paper search, fixed margi
           "fxquant_budget": "fxquant budget mode (target_bits)",
           "fxquant_accuracy": "fxquant sensitivity, accuracy mode"}
 TARGET_SECONDS = 100.0
+MIN_PLOTTED_ROWS = 5
 
 
 def _stats(values: list[float]) -> dict:
@@ -123,7 +124,8 @@ def markdown(data: dict) -> str:
         lines += [f"## {name}", "",
                   f"float test accuracy {entry['float_test_acc']:.2f}% on {setup['n_test']} test images; "
                   f"{setup['n_calib']} calibration and {setup['n_stats']} statistics images per draw"
-                  + (f" (**smoke run, --limit {setup['limit']}**)" if setup.get("limit") else "") + ".", "",
+                  + (f" (**smoke run, --limit {setup['limit']}**)" if setup.get("limit") else "") + "."
+                  + (f" {entry['note']}" if entry.get("note") else ""), "",
                   "| method | setting | test accuracy % | average bits | search s | draws |",
                   "|---|---|---:|---:|---:|---:|"]
         order = list(LABELS)
@@ -155,7 +157,7 @@ def figure(data: dict, path: Path) -> Path | None:
         import matplotlib.pyplot as plt
     except ImportError:
         return None
-    models = list(data["models"])
+    models = [m for m, e in data["models"].items() if len(e["rows"]) >= MIN_PLOTTED_ROWS]  # no one-point panels
     if not models:
         return None
     fig, axes = plt.subplots(1, len(models), figsize=(6.5 * len(models), 4.8), squeeze=False)
@@ -180,7 +182,7 @@ def figure(data: dict, path: Path) -> Path | None:
         ax.axhline(entry["float_test_acc"], color="#444444", linestyle=":", label="float")
         ax.set_xlabel("average bits (eq. 5)")
         ax.set_ylabel("held-out test accuracy (%)")
-        ax.set_title(f"{name}: median over draws (bars: min–max)")
+        ax.set_title(f"{name}: median over draws (bars: min–max)", fontsize=9)
         shown = [s["acc"]["median"] for s in summary.values() if s["bits"]["median"] >= 1.4]
         lo = min([entry["float_test_acc"] - 3] + shown)
         ax.set_ylim(lo, entry["float_test_acc"] + 0.5)
