@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
-__all__ = ["QuantConfig", "GRANULARITIES", "SCHEMES", "CLIPPINGS", "BINARY_SCALES", "ROUNDINGS", "MAX_BITS", "is_bit_width",
+__all__ = ["QuantConfig", "GRANULARITIES", "SCHEMES", "CLIPPINGS", "BINARY_SCALES", "ROUNDINGS", "MAX_BITS",
+           "is_bit_width",
            "check_bits"]
 
 GRANULARITIES = ("per_channel", "per_tensor")

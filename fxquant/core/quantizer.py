@@ -11,8 +11,8 @@ Every bit-width 1..8 uses all ``2**b`` levels:
   1/2). ``a = mean|w|`` (the least-squares optimum for a sign code) by default
   and always under ``mse`` clipping; ``a = max|w|`` under ``minmax`` clipping
   with ``binary_scale="max"`` (the range-preserving choice, which leaves nearly
-  every weight far from its level: a ResNet18 with some layers at 1 bit loses
-  far more accuracy with it, see ``docs/results/clipping_choice.md``). An affine
+  every weight far from its level: a ResNet18 with its largest layers at 1 bit
+  loses far more accuracy with it, see ``docs/algorithm.md``). An affine
   1-bit grid would be ``{0, max}``, wasting half the code on a level most
   weights are far from.
 

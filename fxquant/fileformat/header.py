@@ -159,9 +159,8 @@ class SavedModel:
 
 def _quant_config_from(d: dict) -> QuantConfig:
     known = {f.name for f in dataclasses.fields(QuantConfig)}
-    # Files written before binary_scale existed used max|w| at 1 bit.
-    d = {"binary_scale": "max", **d}
     try:
+        d = {"binary_scale": "max", **d}  # files written before binary_scale existed used max|w| at 1 bit
         return QuantConfig(**{k: v for k, v in d.items() if k in known})
     except (TypeError, ValueError, OverflowError) as e:
         raise FxqFormatError(f"malformed header: invalid quantizer settings: {e}", "header") from None
