@@ -2,7 +2,7 @@
 
 Eq. 5 weighs a layer's bits by its parameter count, so one large layer can decide
 the average: at 64x64 inputs VGG19's first classifier layer (25088 x 4096) holds
-about 74% of the weights, and ResNet18's ``layer4`` convolutions about two thirds.
+about 74% of the weights, and ResNet18's ``layer4`` convolutions about three quarters.
 :func:`section` renders, for every search row that stored ``layer_bits``, the
 width per layer, and (when the row also stored ``layer_params``) each layer's
 share of the weights and of the average. Pure: reads the row dicts only.
@@ -36,9 +36,9 @@ def section(rows: dict[str, dict], labels: dict[str, str]) -> list[str]:
                 if params else "") + "):", ""]
     head = "| layer |" + (" share |" if params else "") + "".join(f" {labels[k]} |" for k in shown)
     lines += [head, "|---|" + ("---:|" if params else "") + "---:|" * len(shown)]
+    total = sum(params.values()) if params else 0
     for n in names:
-        share = f" {100 * params[n] / sum(params.values()):.1f}% |" if params and n in params else (
-            " – |" if params else "")
+        share = f" {100 * params[n] / total:.1f}% |" if params and n in params else (" – |" if params else "")
         cells = "".join(f" {r['layer_bits'].get(n) if r['layer_bits'].get(n) is not None else 'float'} |"
                         for r in shown.values())
         lines.append(f"| {n} |{share}{cells}")
