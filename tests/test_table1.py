@@ -76,7 +76,9 @@ def test_missing_models_are_not_run_and_not_shown(tmp_path):
     status = {(v["target"], v["model"]): v["status"] for v in rep.evaluate_targets(results)}
     assert status["fixed4", "resnet50"] == status["adaptive", "resnet50"] == "not run"
     md = rep.render_markdown(results, figure=None)
-    assert "## ResNet18" in md and "## ResNet50" not in md and "VGG" not in md
+    assert "## ResNet18" in md and "## ResNet50" not in md and "## VGG19-BN" not in md
+    # A model of the paper's table without results keeps its target row, marked not run.
+    assert status["adaptive", "vgg19_bn"] == "not run" and "| VGG19-BN | 1.44 bits, +0.00 points | – |" in md
 
 
 def test_markdown_and_figure_are_written(results_dir):
@@ -108,10 +110,15 @@ def test_paper_table_transcription_is_complete():
 
 def test_table_plan_and_quantizer_equivalence():
     table1 = pytest.importorskip("examples.eurosat.table1")
-    specs = table1.plan(["paper", "default"], ["table", "ablation"], table1.TABLE_BITS)
+    specs = table1.plan(["paper", "default"], ["table", "robust", "ablation"], table1.TABLE_BITS)
     keys = [s.key for s in specs]
     assert keys[0] == "float" and len(keys) == len(set(keys))
-    assert len(keys) == 1 + 2 * (8 + 2) + 7 * 4
+    assert len(keys) == 1 + 2 * (8 + 2) + 4 + 7 * 4
+    robust = {s.key: s for s in specs if s.kind in ("accuracy", "budget")}
+    assert list(robust) == ["default/accuracy", "default/target1.0", "default/target1.5", "default/target2.0"]
+    assert robust["default/target1.5"].target_bits == 1.5 and robust["default/accuracy"].target_bits is None
+    # fxquant's search rows use the default quantizer only.
+    assert not [s for s in table1.plan(["paper"], ["robust"], (4,)) if s.kind != "float"]
     assert table1.same_quantizer({"bits": 4, "rounding": "auto", "bias_correction": True},
                                  {"bits": 8, "rounding": "gptq", "bias_correction": True})
     assert not table1.same_quantizer({"rounding": "nearest"}, {"rounding": "gptq"})
@@ -151,3 +158,31 @@ def test_per_layer_bits_name_the_layer_that_decides_eq5():
     assert table == ["| fc6 | 77.0% | 1 |", "| fc7 | 14.0% | 4 |", "| fc8 | 1.0% | float |"]
     assert "fc6 77.0% at 1 bits" in lines[-2] and "conv" not in lines[-2]
     assert layer_bits.section({}, {"default/search_adaptive": "x"}) == []
+
+
+def test_vgg19_target_and_sensitivity_search_rows(tmp_path):
+    """VGG19's target is the paper's 1.44 bits at float - 0.3; fxquant's own search rows are shown beside."""
+    data = _results("vgg19_bn", 95.0, 94.9, (94.8, 1.40))
+    params = {"features.0": 1_000, "classifier.0": 100_000}
+    for key, acc, bits, lb in (("default/accuracy", 94.9, 1.6, {"features.0": 8, "classifier.0": 1}),
+                               ("default/target1.5", 94.7, 1.5, {"features.0": 4, "classifier.0": 1})):
+        data["rows"][key] = _row(key, acc, bits, kind="accuracy" if "accuracy" in key else "budget",
+                                 search_seconds=40.0, oracle_calls=3, layer_bits=lb, layer_params=params)
+    (tmp_path / "eurosat_vgg19_bn.json").write_text(json.dumps(data))
+    results = rep.load_results(tmp_path)
+    verdicts = {(v["target"], v["model"]): v for v in rep.evaluate_targets(results)}
+    assert verdicts["adaptive", "vgg19_bn"]["status"] == "met"
+    assert ("fixed4", "vgg19_bn") not in verdicts  # the 4-bit target is the ResNets' (issue 3)
+    md = rep.render_markdown(results, figure=None)
+    assert "| fxquant search, accuracy mode T_init = 0.5 | – | – | – | – | 94.90 (-0.10) | 1.60 |" in md
+    assert "| fxquant search, target_bits = 1.5 | – |" in md and "94.70 (-0.30) | 1.50 |" in md
+    assert "| target 1.5 bits | fxquant default quantizer | 40 | 3 |" in md
+    assert "| classifier.0 | 99.0% | 1 | 1 | 1 | 1 | 1 | 1 |" not in md  # only rows with layer_bits get a column
+    assert "| classifier.0 | 99.0% | 1 | 1 |" in md
+    assert "target 1.5 bits, default, layers holding >= 10% of the weights: classifier.0 99.0% at 1 bits" in md
+
+    data["rows"]["default/search_adaptive"].update(avg_bits=1.5, test_acc=94.6)
+    (tmp_path / "eurosat_vgg19_bn.json").write_text(json.dumps(data))
+    verdict = {v["model"]: v for v in rep.evaluate_targets(rep.load_results(tmp_path))}["vgg19_bn"]
+    assert verdict["status"] == "missed"
+    assert "1.50 bits is 0.06 above 1.44" in verdict["detail"] and "0.10 points below float - 0.3" in verdict["detail"]

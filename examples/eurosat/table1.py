@@ -10,9 +10,12 @@ One command per model (from the repository root; the checkpoint comes from
 
 Rows per quantizer (``--quantizers paper,default``): fixed 8..1 bits on every
 layer, the fixed-margin search and the adaptive-margin search (T_init = 0.5),
-plus the float model; and (``--parts ablation``) the issue-5 rounding ablation:
+plus the float model; (``--parts robust``, default quantizer only) fxquant's
+sensitivity search in accuracy mode (T_init = 0.5) and at ``target_bits`` 1.0,
+1.5 and 2.0; and (``--parts ablation``) the issue-5 rounding ablation:
 per-channel quantizer, fixed 8..2 bits x {nearest, bias correction, GPTQ, GPTQ +
-bias correction}. The search and the data-aware rounding see only the
+bias correction}. ``--only PATTERN`` runs the matching rows alone, so a large
+model's table can be filled in pieces (e.g. ``--only float --only 'default/fixed*'``). The search and the data-aware rounding see only the
 calibration subset carved from the training split; the test split is used only
 to score each finished model.
 
@@ -57,6 +60,9 @@ ABLATION_BITS = (8, 7, 6, 5, 4, 3, 2)
 STATS_SIZE = 1024  # images for GPTQ / bias-correction statistics (QuantConfig.calib_samples)
 QUICK = {"n_test": 300, "n_calib": 200, "bits": (8, 4, 2)}
 # The issue-5 ablation: (rounding, bias_correction) on the per-channel grid.
+PARTS = ("table", "robust", "ablation")
+ROBUST_TARGETS = (1.0, 1.5, 2.0)  # target_bits of the budget-mode rows
+SEARCH_KINDS = ("search", "accuracy", "budget")  # rows that run a bit-width search
 ABLATION = {"nearest": ("nearest", False), "bc": ("nearest", True),
             "gptq": ("gptq", False), "gptq_bc": ("gptq", True)}
 
@@ -90,12 +96,13 @@ def same_quantizer(a: dict, b: dict) -> bool:
 
 @dataclasses.dataclass(frozen=True)
 class RowSpec:
-    key: str  # e.g. "default/fixed4", "paper/search_adaptive", "ablation/gptq/fixed3"
+    key: str  # e.g. "default/fixed4", "paper/search_adaptive", "default/target1.5", "ablation/gptq/fixed3"
     group: str  # "float", "paper", "default", "ablation"
-    kind: str  # "float", "fixed", "search"
+    kind: str  # "float", "fixed", "search" (the paper's), "accuracy" or "budget" (fxquant's sensitivity search)
     bits: int | None = None
     margin: str | None = None  # search rows: "fixed" or "adaptive"
     config: str | None = None  # quantizer name, or "ablation:<method>"
+    target_bits: float | None = None  # budget rows
 
     def quant(self) -> fxquant.QuantConfig:
         if self.config.startswith("ablation:"):
@@ -109,6 +116,11 @@ def plan(quantizers: list[str], parts: list[str], bits: tuple[int, ...]) -> list
         for q in quantizers:
             rows += [RowSpec(f"{q}/fixed{b}", q, "fixed", bits=b, config=q) for b in bits]
             rows += [RowSpec(f"{q}/search_{m}", q, "search", margin=m, config=q) for m in ("fixed", "adaptive")]
+    if "robust" in parts and "default" in quantizers:
+        # The paper quantizer's 1-2 bit rows are noise (Table 1), so only the default one is searched here.
+        rows.append(RowSpec("default/accuracy", "default", "accuracy", config="default"))
+        rows += [RowSpec(f"default/target{b:.1f}", "default", "budget", config="default", target_bits=b)
+                 for b in ROBUST_TARGETS]
     if "ablation" in parts:
         for b in (b for b in bits if b in ABLATION_BITS):
             rows += [RowSpec(f"ablation/{m}/fixed{b}", "ablation", "fixed", bits=b, config=f"ablation:{m}")
@@ -138,17 +150,27 @@ def compute_row(spec: RowSpec, model, calib, stats, test, verbose: bool) -> dict
     t0 = time.perf_counter()
     if spec.kind == "fixed":
         gm = fxquant.quantize(model, spec.bits, config=cfg, calib_loader=stats)
-    else:
-        gm = fxquant.compress(model, calib, stats_loader=stats, margin=spec.margin, t_init=T_INIT, quant=cfg,
+    elif spec.kind == "search":
+        gm = fxquant.compress(model, calib, stats_loader=stats, method="paper", margin=spec.margin, t_init=T_INIT,
+                              quant=cfg, verbose=verbose)
+    elif spec.kind == "accuracy":
+        gm = fxquant.compress(model, calib, stats_loader=stats, method="sensitivity", t_init=T_INIT, quant=cfg,
                               verbose=verbose)
+    else:
+        gm = fxquant.compress(model, calib, stats_loader=stats, method="sensitivity", target_bits=spec.target_bits,
+                              quant=cfg, verbose=verbose)
     wall = time.perf_counter() - t0
     row = {"quant": dataclasses.asdict(cfg), "wall_seconds": wall, **measure(gm, test)}
     row["quant_resolved"] = dataclasses.asdict(cfg.data_aware(True))  # "auto": data are always given here
-    if spec.kind == "search":
+    if spec.kind in SEARCH_KINDS:
         rep = fxquant.report(gm)
         if rep.settings and "quant" in rep.settings:
             row["quant_resolved"] = rep.settings["quant"]
-        row.update(t_init=T_INIT, search_seconds=rep.seconds, oracle_calls=rep.oracle_calls,
+        if spec.kind != "search":
+            row.update(method="sensitivity", target_bits=spec.target_bits)
+        if spec.kind != "budget":
+            row["t_init"] = T_INIT
+        row.update(search_seconds=rep.seconds, oracle_calls=rep.oracle_calls,
                    layer_forwards=rep.layer_forwards, calib_float=rep.float_value,
                    calib_baseline=rep.baseline_value, calib_final=rep.final_value,
                    layer_bits={lay.name: lay.bits for lay in rep.layers},
@@ -245,7 +267,7 @@ def parse_args(argv):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", choices=["resnet18", "resnet50", "vgg11_bn", "vgg19_bn"])
     p.add_argument("--quantizers", default="paper,default", help="comma list of: paper, default")
-    p.add_argument("--parts", default="table,ablation", help="comma list of: table, ablation")
+    p.add_argument("--parts", default="table,robust,ablation", help="comma list of: table, robust, ablation")
     p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (recorded per row)")
     p.add_argument("--quick", action="store_true",
                    help=f"pipeline check: {QUICK['n_test']} test / {QUICK['n_calib']} calibration images, "
@@ -257,6 +279,8 @@ def parse_args(argv):
     p.add_argument("--bits", default=None, help="comma list of fixed widths to run (default 8..1)")
     p.add_argument("--redo", action="append", default=[], metavar="PATTERN",
                    help="recompute rows whose key matches this glob (e.g. 'default/*'); repeatable")
+    p.add_argument("--only", action="append", default=[], metavar="PATTERN",
+                   help="run only rows whose key matches this glob (e.g. 'default/fixed*'); repeatable")
     p.add_argument("--fresh", action="store_true", help="discard the model's stored rows")
     p.add_argument("--report", action="store_true", help="only regenerate the markdown and figure")
     p.add_argument("--no-report", action="store_true", help="do not regenerate the report at the end")
@@ -285,8 +309,8 @@ def main(argv=None) -> int:
     for q in quantizers:
         quantizer(q)  # unknown names fail now, not hours in
     parts = [x.strip() for x in args.parts.split(",") if x.strip()]
-    if set(parts) - {"table", "ablation"}:
-        raise SystemExit(f"--parts takes table and/or ablation, got {args.parts!r}")
+    if set(parts) - set(PARTS):
+        raise SystemExit(f"--parts takes a comma list of {', '.join(PARTS)}, got {args.parts!r}")
 
     ckpt = args.checkpoint or checkpoint_path(args.model)
     model, meta = load_trained(args.model, path=ckpt)
@@ -324,6 +348,10 @@ def main(argv=None) -> int:
                   "fxquant_version": fxquant.__version__, "git_commit": git_commit(), "cpu": cpu_name()}
 
     specs = plan(quantizers, parts, bits)
+    if args.only:
+        specs = [s for s in specs if any(fnmatch.fnmatchcase(s.key, pat) for pat in args.only)]
+        if not specs:
+            raise SystemExit(f"--only {args.only} matches no row of this plan (keys look like 'default/fixed4')")
     data["pending"] = {k: v for k, v in data.get("pending", {}).items() if k not in {s.key for s in specs}}
     for spec in specs:
         quant = None if spec.kind == "float" else dataclasses.asdict(spec.quant())

@@ -33,8 +33,14 @@ NAMES = {"resnet18": "ResNet18", "resnet50": "ResNet50", "vgg11_bn": "VGG11-BN",
 QUANTIZERS = {"paper": "paper-faithful quantizer", "default": "fxquant default quantizer"}
 COLORS = {"paper": "#1f77b4", "default": "#d62728", "published": "#7f7f7f"}
 ABLATION_METHODS = {"nearest": "nearest", "bc": "bias corr. only", "gptq": "GPTQ only", "gptq_bc": "GPTQ + bias corr."}
-TARGET_MODELS = ("resnet18", "resnet50")
-FIXED4_MAX_DROP, SEARCH_MAX_BITS, SEARCH_MAX_DROP = 1.0, 3.4, 0.5
+FIXED4_MAX_DROP = 1.0
+FIXED4_MODELS = ("resnet18", "resnet50")
+# The adaptive search's target per model: (max average bits, max drop in points). VGG19's is the
+# paper's own result (1.44 bits at +-0) with 0.3 points of slack (issue 17).
+SEARCH_TARGETS = {"resnet18": (3.4, 0.5), "resnet50": (3.4, 0.5), "vgg19_bn": (1.44, 0.3)}
+TARGET_MODELS = tuple(dict.fromkeys((*FIXED4_MODELS, *SEARCH_TARGETS)))
+SEARCH_KEYS = ("search_fixed", "search_adaptive")  # the paper's greedy
+ROBUST_PREFIXES = ("accuracy", "target")  # fxquant's sensitivity search: accuracy mode, target_bits rows
 MB = 1e6  # the issue asks for MB; bytes are exact in the JSON
 
 
@@ -66,43 +72,50 @@ def evaluate_targets(results: dict[str, dict]) -> list[dict]:
         data = results.get(model, {})
         rows, float_acc = data.get("rows", {}), _acc(data, "float")
         paper_float, paper4 = paper_row(model, "float"), paper_row(model, "fixed4")
-        paper_drop = None if paper_float is None or paper4 is None else paper4[0] - paper_float[0]
-        row = rows.get("default/fixed4")
-        verdict = {"target": "fixed4", "model": model,
-                   "goal": f"default quantizer, fixed 4-bit within {FIXED4_MAX_DROP:.1f} point of float",
-                   "paper": None if paper_drop is None else f"{paper_drop:+.1f} points"}
-        if row is None or float_acc is None:
-            verdict.update(status="not run", detail="")
-        else:
-            drop = row["test_acc"] - float_acc
-            ok = drop >= -FIXED4_MAX_DROP
-            verdict.update(status="met" if ok else "missed",
-                           detail=f"{row['test_acc']:.2f}% vs float {float_acc:.2f}%: {drop:+.2f} points"
-                           + ("" if ok else f", {-drop - FIXED4_MAX_DROP:.2f} points beyond the allowed "
-                                            f"{FIXED4_MAX_DROP:.1f}"))
-        out.append(verdict)
-
-        paper_search = paper_row(model, "search_adaptive")
-        row = rows.get("default/search_adaptive")
-        verdict = {"target": "adaptive", "model": model,
-                   "goal": f"default quantizer, adaptive search: <= {SEARCH_MAX_BITS} average bits "
-                           f"at >= float - {SEARCH_MAX_DROP} points",
-                   "paper": None if paper_search is None or paper_float is None else
-                   f"{paper_search[1]:.2f} bits, {paper_search[0] - paper_float[0]:+.2f} points"}
-        if row is None or float_acc is None:
-            verdict.update(status="not run", detail="")
-        else:
-            drop = row["test_acc"] - float_acc
-            misses = []
-            if row["avg_bits"] > SEARCH_MAX_BITS:
-                misses.append(f"{row['avg_bits']:.2f} bits is {row['avg_bits'] - SEARCH_MAX_BITS:.2f} above "
-                              f"{SEARCH_MAX_BITS}")
-            if drop < -SEARCH_MAX_DROP:
-                misses.append(f"accuracy is {-drop - SEARCH_MAX_DROP:.2f} points below float - {SEARCH_MAX_DROP}")
-            detail = f"{row['avg_bits']:.2f} bits, {row['test_acc']:.2f}% vs float {float_acc:.2f}% ({drop:+.2f} points)"
-            verdict.update(status="missed" if misses else "met", detail="; ".join([detail, *misses]))
-        out.append(verdict)
+        if model in FIXED4_MODELS:
+            out.append(_fixed4_verdict(model, rows.get("default/fixed4"), float_acc, paper_float, paper4))
+        if model in SEARCH_TARGETS:
+            out.append(_search_verdict(model, rows.get("default/search_adaptive"), float_acc, paper_float))
     return out
+
+
+def _fixed4_verdict(model: str, row: dict | None, float_acc: float | None, paper_float, paper4) -> dict:
+    paper_drop = None if paper_float is None or paper4 is None else paper4[0] - paper_float[0]
+    verdict = {"target": "fixed4", "model": model,
+               "goal": f"default quantizer, fixed 4-bit within {FIXED4_MAX_DROP:.1f} point of float",
+               "paper": None if paper_drop is None else f"{paper_drop:+.1f} points"}
+    if row is None or float_acc is None:
+        verdict.update(status="not run", detail="")
+    else:
+        drop = row["test_acc"] - float_acc
+        ok = drop >= -FIXED4_MAX_DROP
+        verdict.update(status="met" if ok else "missed",
+                       detail=f"{row['test_acc']:.2f}% vs float {float_acc:.2f}%: {drop:+.2f} points"
+                       + ("" if ok else f", {-drop - FIXED4_MAX_DROP:.2f} points beyond the allowed "
+                                        f"{FIXED4_MAX_DROP:.1f}"))
+    return verdict
+
+
+def _search_verdict(model: str, row: dict | None, float_acc: float | None, paper_float) -> dict:
+    max_bits, max_drop = SEARCH_TARGETS[model]
+    paper_search = paper_row(model, "search_adaptive")
+    verdict = {"target": "adaptive", "model": model,
+               "goal": f"default quantizer, adaptive search: <= {max_bits} average bits "
+                       f"at >= float - {max_drop} points",
+               "paper": None if paper_search is None or paper_float is None else
+               f"{paper_search[1]:.2f} bits, {paper_search[0] - paper_float[0]:+.2f} points"}
+    if row is None or float_acc is None:
+        verdict.update(status="not run", detail="")
+    else:
+        drop = row["test_acc"] - float_acc
+        misses = []
+        if row["avg_bits"] > max_bits:
+            misses.append(f"{row['avg_bits']:.2f} bits is {row['avg_bits'] - max_bits:.2f} above {max_bits}")
+        if drop < -max_drop:
+            misses.append(f"accuracy is {-drop - max_drop:.2f} points below float - {max_drop}")
+        detail = f"{row['avg_bits']:.2f} bits, {row['test_acc']:.2f}% vs float {float_acc:.2f}% ({drop:+.2f} points)"
+        verdict.update(status="missed" if misses else "met", detail="; ".join([detail, *misses]))
+    return verdict
 
 
 # ---- markdown ------------------------------------------------------------------------
@@ -155,7 +168,25 @@ def _row_label(key: str) -> str:
         return "float32"
     if key.startswith("fixed"):
         return f"fixed {key[5:]}-bit"
+    if key == "accuracy":
+        return "fxquant search, accuracy mode T_init = 0.5"
+    if key.startswith("target"):
+        return f"fxquant search, target_bits = {key[6:]}"
     return {"search_fixed": "search, fixed T_margin = 0.5", "search_adaptive": "search, adaptive T_init = 0.5"}[key]
+
+
+def _search_label(key: str) -> str:
+    """Short column/row title of a search row key (without the quantizer prefix)."""
+    if key.startswith("search_"):
+        return f"{key[7:]} margin"
+    return "accuracy mode" if key == "accuracy" else f"target {key[6:]} bits"
+
+
+def _search_keys(rows: dict) -> list[str]:
+    """Search row keys (no quantizer prefix) in display order: the paper's two, then fxquant's."""
+    robust = sorted({k.split("/", 1)[1] for k in rows if "/" in k and k.split("/", 1)[1].startswith(ROBUST_PREFIXES)},
+                    key=lambda k: (k != "accuracy", k))
+    return [*SEARCH_KEYS, *robust]
 
 
 def _quant_line(data: dict, group: str) -> str:
@@ -210,7 +241,7 @@ def _model_section(model: str, data: dict) -> list[str]:
         lines.append("")
     lines += ["Quantizers:"] + [q for q in (_quant_line(data, g) for g in QUANTIZERS) if q] + [""]
 
-    keys = ["float"] + [f"fixed{b}" for b in range(8, 0, -1)] + ["search_fixed", "search_adaptive"]
+    keys = ["float"] + [f"fixed{b}" for b in range(8, 0, -1)] + _search_keys(rows)
     head = "| row | paper" + (f" ({pcol})" if pcol else "") + ": acc. (Δ its float) | "
     head += " | ".join(f"{QUANTIZERS[g]}: test acc. (Δ float) | avg bits | MB" for g in QUANTIZERS) + " |"
     lines += ["Test accuracy in %, Δ in points, average bits by eq. 5, MB = 10^6 bytes of packed integer "
@@ -234,7 +265,7 @@ def _model_section(model: str, data: dict) -> list[str]:
         lines.append(f"| {_row_label(key)} | {pcell} | " + " | ".join(cells) + " |")
     lines.append("")
 
-    search = [(g, m, rows.get(f"{g}/search_{m}")) for g in QUANTIZERS for m in ("fixed", "adaptive")]
+    search = [(g, _search_label(k), rows.get(f"{g}/{k}")) for g in QUANTIZERS for k in _search_keys(rows)]
     if any(r for _, _, r in search):
         lines += ["Search cost (calibration accuracy in %: float / all 8-bit / final):", "",
                   "| search | quantizer | search s | oracle calls | layer-forwards | compress wall s "
@@ -244,13 +275,13 @@ def _model_section(model: str, data: dict) -> list[str]:
                 continue
             calib = "/".join(f"{r[k]:.2f}" for k in ("calib_float", "calib_baseline", "calib_final")
                              if r.get(k) is not None)
-            lines.append(f"| {m} margin | {QUANTIZERS[g]} | {_num(r.get('search_seconds'), '.0f')} | "
+            lines.append(f"| {m} | {QUANTIZERS[g]} | {_num(r.get('search_seconds'), '.0f')} | "
                          f"{_num(r.get('oracle_calls'), 'd')} | {_num(r.get('layer_forwards'), ',')} | "
                          f"{_num(r.get('wall_seconds'), '.0f')} | {calib} | {_num(r.get('threads'), 'd')} |")
         lines.append("")
 
-    lines += layer_bits.section(rows, {f"{g}/search_{m}": f"{m}, {g}" for g in QUANTIZERS
-                                       for m in ("fixed", "adaptive")})
+    lines += layer_bits.section(rows, {f"{g}/{k}": f"{_search_label(k).replace(' margin', '')}, {g}"
+                                       for g in QUANTIZERS for k in _search_keys(rows)})
 
     abl = {k: v for k, v in rows.items() if v.get("group") == "ablation"}
     pending = data.get("pending", {})
@@ -316,9 +347,10 @@ def render_markdown(results: dict[str, dict], figure: Path | None = FIGURE) -> s
     lines.append("")
     if figure is not None:
         lines += [f"![test accuracy vs average bits]({figure.as_posix()})", "",
-                  "*Test accuracy vs average bits (eq. 5): fixed-width curves per quantizer, the two searches "
-                  "marked (triangle: fixed margin, star: adaptive), the paper's numbers in grey; bottom row "
-                  "zoomed to the float accuracy.*", ""]
+                  "*Test accuracy vs average bits (eq. 5): fixed-width curves per quantizer, the paper's two "
+                  "searches marked (triangle: fixed margin, star: adaptive), fxquant's sensitivity search "
+                  "(open diamond: accuracy mode, open squares: target_bits), the paper's numbers in grey; "
+                  "bottom row zoomed to the float accuracy.*", ""]
     for model, data in results.items():
         lines += _model_section(model, data)
     env = Counter((r.get("torch_version"), r.get("cpu"), r.get("git_commit"))
@@ -373,6 +405,11 @@ def plot(results: dict[str, dict], path: Path) -> Path:
                     if r is not None:
                         ax.plot([r["avg_bits"]], [r["test_acc"]], marker, color=COLORS[g], mec="black",
                                 ms=11 if marker == "*" else 8, label=f"{label}, search ({m} margin)")
+                robust = [(k, rows[f"{g}/{k}"]) for k in _search_keys(rows)[len(SEARCH_KEYS):] if f"{g}/{k}" in rows]
+                for k, r in robust:
+                    marker = "D" if k == "accuracy" else "s"
+                    ax.plot([r["avg_bits"]], [r["test_acc"]], marker, color=COLORS[g], mec="black", mfc="white",
+                            ms=7, label=f"{label}, fxquant search ({'accuracy mode' if k == 'accuracy' else 'target_bits'})")
             if float_acc is not None:
                 ax.axhline(float_acc, color="black", ls=":", lw=1, label="our float")
             ax.set_xlim(0.5, 8.5)
