@@ -118,7 +118,7 @@ class SearchConfig:
     max_bytes: int | None = None  # budget: packed weight + scale + zero-point bytes <= max_bytes
     sensitivity_samples: int = 512  # calibration images the sensitivities are measured on (0: all)
     budget_checks: int = 3  # frontier points at the budget the oracle compares (interactions)
-    accept_sigmas: float = 2.0  # accuracy mode: statistical margin on the measured drop (see sensitivity.py)
+    accept_sigmas: float = 2.0  # accuracy mode: statistical margin on the drop (passes/accuracy_mode.py)
 
     def __post_init__(self) -> None:
         cands = tuple(self.candidates) if not isinstance(self.candidates, (str, bytes)) else ()
@@ -200,6 +200,7 @@ class FrontierPoint:
     sensitivity: float  # sum of the layers' measured sensitivities (mean KL, nats)
     value: float | None  # oracle value, None where it was not evaluated
     chosen: bool = False
+    kl: float | None = None  # accuracy mode: the whole model's mean KL against float, where measured
 
 
 @dataclass(frozen=True)

@@ -36,7 +36,8 @@ from fxquant.engine.oracle import AccuracyOracle
 from fxquant.passes.calibrate import LayerQuantizer
 from fxquant.schema import Layer
 
-__all__ = ["canonical_batches", "measure_sensitivity", "extrapolate", "NEGLIGIBLE"]
+__all__ = ["canonical_batches", "measure_sensitivity", "extrapolate", "reference_logprobs", "model_kl",
+           "NEGLIGIBLE"]
 
 log = logging.getLogger("fxquant.search")
 
@@ -79,6 +80,19 @@ def _round(value: float) -> float:
     return float(f"{value:.5g}")
 
 
+@torch.no_grad()
+def reference_logprobs(gm: fx.GraphModule, batches: list[torch.Tensor]) -> list[torch.Tensor]:
+    """The model's float64 log-probabilities per batch: the reference :func:`model_kl` compares against."""
+    return [torch.log_softmax(_logits(gm(x.clone())).double(), dim=1) for x in batches]
+
+
+@torch.no_grad()
+def model_kl(gm: fx.GraphModule, batches: list[torch.Tensor], ref: list[torch.Tensor]) -> float:
+    """Mean ``KL(reference || gm)`` over ``batches`` (the whole model as it is now), rounded as sensitivities are."""
+    total = sum(_kl_sum(r, gm(x.clone())) for r, x in zip(ref, batches))  # clone: a graph may write its input
+    return _round(total / sum(len(x) for x in batches))
+
+
 def extrapolate(measured: dict[int, float], candidates: tuple[int, ...]) -> dict[int, float]:
     """Every candidate's sensitivity: measured ones as they are, wider ones from the widest measured (/4 per bit)."""
     top = max(measured)
@@ -102,9 +116,7 @@ def measure_sensitivity(gm: fx.GraphModule, layers: list[Layer], quantizer: Laye
     t0 = time.perf_counter()
     batches = canonical_batches(inputs, samples)
     n = sum(len(x) for x in batches)
-    ref = []
-    for x in batches:
-        ref.append(torch.log_softmax(_logits(gm(x)).double(), dim=1))
+    ref = reference_logprobs(gm, batches)
     # The evaluator only needs batches to cache frontiers; its labels are never scored.
     oracle = AccuracyOracle([(x, torch.zeros(len(x), dtype=torch.long)) for x in batches])
     evaluator = GraphEvaluator(gm, oracle, layers, fast=True, cache_bytes=cache_bytes)

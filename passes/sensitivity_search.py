@@ -16,11 +16,13 @@ decision steers the later ones, this search
    * budget mode (``target_bits`` / ``max_bytes``): the ``budget_checks``
      largest frontier points within the budget are evaluated and the best kept
      (the oracle sees the interactions the additive model misses);
-   * accuracy mode: a bisection over frontier points about 0.05 average bits apart
-     for the smallest one whose oracle value passes ``float - t_init`` with a
-     statistical margin: the drop plus ``accept_sigmas`` standard errors (for
-     the default accuracy oracle, ``100 * sqrt(lost images) / N``) must stay
-     within ``t_init``, so that a width is not accepted on a few lucky images.
+   * accuracy mode: among frontier points about 0.05 average bits apart, the
+     smallest whose *predicted* drop passes ``t_init`` with a statistical margin
+     (drop plus ``accept_sigmas`` standard errors); the drop is predicted from the
+     whole model's mean KL against float on the sensitivity images, at a rate
+     (points per nat) the oracle measures where drops are large enough to count,
+     and the chosen point is then checked with the oracle
+     (:mod:`fxquant.passes.accuracy_mode`), so single images do not place the cut.
 
 Layers in ``keep_8bit`` are counted at ``baseline_bits``, layers left float at
 32 bits (``target_bits``) or 0 bytes (``max_bytes`` counts packed storage only).
@@ -42,9 +44,11 @@ from fxquant.core.packing import packed_nbytes
 from fxquant.engine.distributed import Comm
 from fxquant.engine.evaluate import GraphEvaluator
 from fxquant.engine.oracle import AccuracyOracle
+from fxquant.passes.accuracy_mode import choose_point
 from fxquant.passes.calibrate import LayerQuantizer
 from fxquant.passes.importance import update_layer_infos
-from fxquant.passes.sensitivity import extrapolate, measure_sensitivity
+from fxquant.passes.sensitivity import (canonical_batches, extrapolate, measure_sensitivity, model_kl,
+                                        reference_logprobs)
 from fxquant.schema import FrontierPoint, Layer, SearchConfig, SearchResult
 
 __all__ = ["search_sensitivity", "budget_sizes"]
@@ -52,7 +56,7 @@ __all__ = ["search_sensitivity", "budget_sizes"]
 log = logging.getLogger("fxquant.search")
 
 FLOAT_BITS = 32  # eq. 5's count for a layer left float
-WALK_STEP = 0.05  # average bits between the frontier points the accuracy-mode bisection chooses among
+WALK_STEP = 0.05  # average bits between the frontier points accuracy mode chooses among
 
 
 def _grid_bytes(quantizer: LayerQuantizer, layer: Layer, bits: int) -> int:
@@ -155,8 +159,11 @@ def search_sensitivity(gm: fx.GraphModule, oracle, cfg: SearchConfig, *, all_lay
                 quantizer.apply(lay, cfg.baseline_bits)
 
         values: dict[int, float] = {}
+        kls: dict[int, float] = {}  # accuracy mode: whole-model KL against float
 
         def value_of(i: int, threshold: float | None = None) -> tuple[float, bool]:
+            if i in values:  # complete values do not change: the weights of a point are fixed
+                return values[i], True
             set_point(points[i])
             value, complete = evaluator.evaluate(threshold)
             if complete:
@@ -174,29 +181,23 @@ def search_sensitivity(gm: fx.GraphModule, oracle, cfg: SearchConfig, *, all_lay
             chosen = best
         else:
             total = oracle.total if isinstance(oracle, AccuracyOracle) else None
-            floor = float_value - cfg.t_init
+            kl_batches = canonical_batches(inputs, cfg.sensitivity_samples)  # the sensitivity images
+            quantizer.restore()
+            ref = reference_logprobs(gm, kl_batches)
 
-            def accepted(i: int) -> bool:
-                v, complete = value_of(i, floor)
-                if not complete or v < floor:
-                    return False
-                if total is None:
-                    return True
-                lost = max(1.0, (float_value - v) / 100.0 * total)
-                return (float_value - v) + cfg.accept_sigmas * 100.0 * math.sqrt(lost) / total <= cfg.t_init
+            def kl_of(i: int) -> float:
+                if i not in kls:
+                    set_point(points[i])
+                    kls[i] = model_kl(gm, kl_batches, ref)
+                return kls[i]
 
             span = (points[-1].size - points[0].size) / (WALK_STEP * total_params)
             walk = _thin(points, max(2, min(256, int(span) + 1)))
-            lo, hi, chosen = 0, len(walk) - 1, None
-            while lo <= hi:  # assumes the oracle improves along the frontier (size up, sensitivity down)
-                mid = (lo + hi) // 2
-                if accepted(walk[mid]):
-                    chosen, hi = walk[mid], mid - 1
-                else:
-                    lo = mid + 1
-            if chosen is None:
-                chosen = len(points) - 1
-                emit("fxquant search: no frontier point within t_init=%g of float; taking the widest", cfg.t_init)
+            chosen, info = choose_point(walk, value_of, kl_of, float_value, cfg.t_init, total, cfg.accept_sigmas,
+                                        emit)
+            if info["rate"] is not None:
+                emit("fxquant search: accuracy drop per nat of KL %.3g (from %d anchors), allowed drop %.3g",
+                     info["rate"], len(info["anchors"]), info["allowed_drop"])
         if chosen not in values:
             value_of(chosen)
         final_value = values[chosen]
@@ -212,8 +213,9 @@ def search_sensitivity(gm: fx.GraphModule, oracle, cfg: SearchConfig, *, all_lay
     bits.update({lay.name: cands[o] for lay, o in zip(searched, choice)})
     update_layer_infos(gm, {name: {"bits": b} for name, b in bits.items()})
     shown = set(_thin(points, 64)) | set(values)
-    frontier = tuple(_frontier_point(cfg, quantizer, searched, kept, all_layers, p, values.get(i), i == chosen)
-                     for i, p in enumerate(points) if i in shown)
+    shown |= set(kls)
+    frontier = tuple(_frontier_point(cfg, quantizer, searched, kept, all_layers, p, values.get(i), i == chosen,
+                                     kls.get(i)) for i, p in enumerate(points) if i in shown)
     result = SearchResult(bits=bits, decisions=(), float_value=float_value, baseline_value=baseline,
                           final_value=final_value, oracle_calls=evaluator.calls,
                           layer_forwards=evaluator.total_layer_forwards() + forwards,
@@ -228,11 +230,12 @@ def search_sensitivity(gm: fx.GraphModule, oracle, cfg: SearchConfig, *, all_lay
     return result
 
 
-def _frontier_point(cfg, quantizer, searched, kept, all_layers, p: Allocation, value, chosen) -> FrontierPoint:
+def _frontier_point(cfg, quantizer, searched, kept, all_layers, p: Allocation, value, chosen,
+                    kl=None) -> FrontierPoint:
     widths = {lay.name: cfg.candidates[o] for lay, o in zip(searched, p.choice)}
     widths.update({lay.name: cfg.baseline_bits for lay in kept})
     total = sum(lay.params for lay in all_layers)
     avg = sum(lay.params * widths.get(lay.name, FLOAT_BITS) for lay in all_layers) / total
     nbytes = sum(packed_nbytes(lay.params, b) + _grid_bytes(quantizer, lay, cfg.candidates[0])
                  for lay in (*searched, *kept) for b in (widths[lay.name],))
-    return FrontierPoint(average_bits=avg, nbytes=nbytes, sensitivity=p.cost, value=value, chosen=chosen)
+    return FrontierPoint(average_bits=avg, nbytes=nbytes, sensitivity=p.cost, value=value, chosen=chosen, kl=kl)

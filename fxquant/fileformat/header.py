@@ -212,7 +212,9 @@ def _sensitivity_from(d: dict) -> dict:
             out["sensitivity"] = {str(name): {int(b): float(v) for b, v in per.items()}
                                   for name, per in d["sensitivity"].items()}
         if d.get("frontier"):
-            out["frontier"] = tuple(FrontierPoint(**p) for p in d["frontier"])
+            known = {f.name for f in dataclasses.fields(FrontierPoint)}  # newer writers may add keys
+            out["frontier"] = tuple(FrontierPoint(**{k: v for k, v in p.items() if k in known})
+                                    for p in d["frontier"])
     except (AttributeError, TypeError, ValueError) as e:
         raise FxqFormatError(f"malformed header: header.search sensitivity/frontier: {e}", "header") from None
     return out
