@@ -29,6 +29,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import datetime
+import fnmatch
 import json
 import os
 import sys
@@ -181,6 +182,31 @@ def run(name: str, model, draws: dict[int, tuple], test, *, methods, budgets, pa
     return data
 
 
+def supersede(data: dict, name: str, patterns: list[str], label: str, note: str | None) -> int:
+    """Move ``name``'s rows matching ``patterns`` to the entry ``"<name> [<label>]"``; returns how many moved."""
+    entry = data["models"].get(name)
+    if entry is None:
+        return 0
+    moved = {k: r for k, r in entry["rows"].items() if any(fnmatch.fnmatchcase(k, pat) for pat in patterns)}
+    if not moved:
+        return 0
+    old = data["models"].setdefault(f"{name} [{label}]", {"setup": entry["setup"], "rows": {},
+                                                           "float_test_acc": entry["float_test_acc"]})
+    if old["setup"] != entry["setup"]:
+        raise SystemExit(f"the entry {name} [{label}] holds rows of another setup; choose another --as label")
+    clash = sorted(set(moved) & set(old["rows"]))
+    if clash:  # e.g. the same command run again to resume: the kept rows must not be replaced
+        raise SystemExit(f"the entry {name} [{label}] already holds {clash[0]}"
+                         + (f" and {len(clash) - 1} more" if len(clash) > 1 else "")
+                         + "; to resume a run, drop --supersede")
+    if note:
+        old["note"] = note
+    old["rows"].update(moved)
+    for k in moved:
+        del entry["rows"][k]
+    return len(moved)
+
+
 def parse_args(argv):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", choices=["resnet18", "resnet50"])
@@ -194,6 +220,12 @@ def parse_args(argv):
     p.add_argument("--root", default=None, help="EuroSAT root (default ../shared/data)")
     p.add_argument("--checkpoint", type=Path, default=None)
     p.add_argument("--fresh", action="store_true", help="discard this model's stored rows")
+    p.add_argument("--supersede", action="append", default=[], metavar="PATTERN",
+                   help="recompute this model's rows whose key matches the glob (e.g. 'fxquant_accuracy/*'); "
+                        "the old rows move to the entry '<model> [<--as>]', kept for comparison")
+    p.add_argument("--as", dest="superseded_as", default=None, metavar="LABEL",
+                   help="with --supersede: the label of the entry the old rows move to")
+    p.add_argument("--note", default=None, help="with --supersede: a note shown with the old rows")
     p.add_argument("--binary-scale", choices=["mean", "max"], default="mean",
                    help="the quantizer's 1-bit scale (QuantConfig.binary_scale); rows of a non-default "
                         "choice are stored under '<model> [binary_scale=...]'")
@@ -204,6 +236,10 @@ def parse_args(argv):
         p.error("--model is required (or --report)")
     if args.limit is not None and args.out.resolve() == RESULTS_DIR.resolve():
         p.error("--limit runs never go to docs/results: pass --out")
+    if bool(args.supersede) != bool(args.superseded_as):
+        p.error("--supersede and --as go together (the old rows are kept under a label)")
+    if args.note and not args.supersede:
+        p.error("--note labels the rows --supersede moves; give --supersede too")
     args.budgets = tuple(float(b) for b in args.budgets.split(",") if b.strip())
     args.methods = tuple(m.strip() for m in args.methods.split(",") if m.strip())
     unknown = sorted(set(args.methods) - set(METHODS))
@@ -252,6 +288,11 @@ def main(argv=None) -> int:
             data = open_results(path)
             data["models"].pop(name, None)
             write_json(path, data)
+        if args.supersede and path.is_file():
+            data = open_results(path)
+            n = supersede(data, name, args.supersede, args.superseded_as, args.note)
+            write_json(path, data)
+            print(f"moved {n} row(s) of {name} to '{name} [{args.superseded_as}]'", flush=True)
         print(f"{args.model}: {test_idx.numel()} test images, draws {sorted(draws)}, {n_calib} calibration + "
               f"{n_stats} statistics images per draw, threads {torch.get_num_threads()} -> {path}", flush=True)
         run(name, model, draws, test, methods=args.methods, budgets=args.budgets, path=path, setup=setup,

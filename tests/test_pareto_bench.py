@@ -50,6 +50,27 @@ def test_a_rerun_resumes(bench):
                    setup={"n_test": 1}, log=logged.append)
 
 
+def test_superseded_rows_are_kept_beside_the_recomputed_ones():
+    data = {"models": {"tiny": {"setup": {"n_test": 64}, "float_test_acc": 90.0, "rows": {
+        "fxquant_accuracy/acc/draw0": {"test_acc": 89.0}, "fxquant_accuracy/acc/draw1": {"test_acc": 88.0},
+        "uniform/w2/draw0": {"test_acc": 80.0}}}}}
+    assert pareto.supersede(data, "tiny", ["fxquant_accuracy/*"], "old rule", "before the change") == 2
+    assert list(data["models"]["tiny"]["rows"]) == ["uniform/w2/draw0"]  # rerun recomputes the moved ones
+    old = data["models"]["tiny [old rule]"]
+    assert set(old["rows"]) == {"fxquant_accuracy/acc/draw0", "fxquant_accuracy/acc/draw1"}
+    assert old["note"] == "before the change" and old["setup"] == {"n_test": 64} and old["float_test_acc"] == 90.0
+    assert pareto.supersede(data, "tiny", ["fxquant_accuracy/*"], "old rule", None) == 0  # nothing left to move
+    assert pareto.supersede(data, "absent", ["*"], "x", None) == 0
+    # Run again (say, to resume the recomputation): the kept rows are never replaced.
+    data["models"]["tiny"]["rows"]["fxquant_accuracy/acc/draw0"] = {"test_acc": 89.5}
+    with pytest.raises(SystemExit, match="already holds fxquant_accuracy/acc/draw0"):
+        pareto.supersede(data, "tiny", ["fxquant_accuracy/*"], "old rule", None)
+    assert data["models"]["tiny [old rule]"]["rows"]["fxquant_accuracy/acc/draw0"] == {"test_acc": 89.0}
+    data["models"]["tiny"]["setup"] = {"n_test": 1}
+    with pytest.raises(SystemExit, match="another setup"):
+        pareto.supersede(data, "tiny", ["fxquant_accuracy/*"], "old rule", None)
+
+
 def test_report_and_verdicts(bench):
     out, path, *_ = bench
     text = pareto_report.write_report(path, out)
