@@ -139,12 +139,13 @@ def choose_point(walk: list[int], value_of: Callable[..., tuple[float, bool]], k
         emit("fxquant search: no accuracy drop at the anchors; cutting at the first of them")
         pos = first
     elif d_star <= 0:
-        emit("fxquant search: t_init=%g is below the oracle's resolution (%d images); only a point that "
-             "loses nothing can pass", t_init, total or 0)
+        emit("fxquant search: t_init=%g is within the oracle's noise on %d images; the oracle check alone "
+             "places the cut", t_init, total or 0)
         pos = first
     else:
         pos = first_passing(first, len(walk), lambda q: rate * kl_of(walk[q]) <= d_star)
         pos = len(walk) - 1 if pos is None else pos
+
     def within_floor(q: int) -> bool:
         v, complete = value_of(walk[q], floor)
         return complete and v >= floor
