@@ -78,6 +78,7 @@ def verdicts(entry: dict) -> list[dict]:
                   "accuracy mode: never below the uniform line"):
             add(t, None, None)
     losses, compared = [], []
+    n_test = entry.get("setup", {}).get("n_test")
     budgets = sorted({k[1] for k in summary if k[0] == "fxquant_budget"})
     for setting in budgets:
         ours = summary[("fxquant_budget", setting)]["acc"]["median"]
@@ -86,7 +87,9 @@ def verdicts(entry: dict) -> list[dict]:
             if s is not None:
                 compared.append(f"{rival}@{setting[1:]}")
                 if s["acc"]["median"] > ours:
-                    losses.append(f"{rival} at {setting[1:]} bits (+{s['acc']['median'] - ours:.2f})")
+                    gap = s["acc"]["median"] - ours
+                    images = f" = {round(gap * n_test / 100)} of {n_test} test images" if n_test else ""
+                    losses.append(f"{rival} at {setting[1:]} bits (+{gap:.2f}{images})")
         u = interpolate(line, float(setting[1:]))
         if u is not None:
             compared.append(f"uniform@{setting[1:]}")

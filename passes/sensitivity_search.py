@@ -19,7 +19,7 @@ decision steers the later ones, this search
    * accuracy mode: among frontier points about 0.05 average bits apart, the
      smallest whose *predicted* drop passes ``t_init`` with a statistical margin
      (drop plus ``accept_sigmas`` standard errors); the drop is predicted from the
-     whole model's mean KL against float on the sensitivity images, at a rate
+     whole model's mean KL against float on all the calibration images, at a rate
      (points per nat) the oracle measures where drops are large enough to count,
      and the chosen point is then checked with the oracle
      (:mod:`fxquant.passes.accuracy_mode`), so single images do not place the cut.
@@ -181,7 +181,10 @@ def search_sensitivity(gm: fx.GraphModule, oracle, cfg: SearchConfig, *, all_lay
             chosen = best
         else:
             total = oracle.total if isinstance(oracle, AccuracyOracle) else None
-            kl_batches = canonical_batches(inputs, cfg.sensitivity_samples)  # the sensitivity images
+            # All the images, not the sensitivity subset: the rate pairs each point's KL with its top-1 drop,
+            # and on the same images a draw's fragile images raise both (the replay in
+            # docs/results/accuracy_mode_walk.md).
+            kl_batches = canonical_batches(inputs, 0)
             quantizer.restore()
             ref = reference_logprobs(gm, kl_batches)
 

@@ -8,7 +8,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import fxquant
-from fxquant.passes.accuracy_mode import ANCHORS, allowed_drop, choose_point, drop_per_kl
+from fxquant.passes.accuracy_mode import ANCHOR_FACTOR, ANCHORS, allowed_drop, choose_point, drop_per_kl
 from tests.test_search_robust import batched, data, run, small_cnn
 
 
@@ -64,8 +64,10 @@ def test_cut_is_placed_on_the_kl_at_the_measured_rate():
     d_star = allowed_drop(0.5, 2000, 2.0)
     assert info["rate"] == pytest.approx(40.0) and len(info["anchors"]) == ANCHORS
     assert 40.0 * walk.kl[chosen] <= d_star < 40.0 * walk.kl[chosen - 1]
-    # The anchors are the first points within 4 t_init (2 points) of float: drops of tens of images.
-    assert all(0.5 < d <= 2.0 for _, d in info["anchors"][:1])
+    # The first anchor is the first point within ANCHOR_FACTOR t_init (4 points) of float: tens of images.
+    limit = ANCHOR_FACTOR * 0.5
+    assert limit / 2 ** 0.5 < info["anchors"][0][1] <= limit
+    assert walk.kl.index(info["anchors"][0][0]) == next(i for i, k in enumerate(walk.kl) if 40.0 * k <= limit)
 
 
 def test_noise_near_the_cut_does_not_move_it():
@@ -132,6 +134,37 @@ def test_rules_replay_on_recorded_draws():
     text = rules.report(data)
     assert "| `fxquant` | 1.30 / +0.15 | 1.30 / +0.15 | 1.00 | +0.15 |" in text
     assert set(rules.RULES) <= set(ln.split("`")[1] for ln in text.splitlines() if ln.startswith("- `"))
+
+
+def _walk_draw(rate: float, n: int = 200) -> tuple[dict, dict]:
+    """A draw as accuracy_mode_walk.py records it: 13 walk points, KL halving per point, ``rate * KL`` lost."""
+    import torch
+
+    fc = torch.ones(n, dtype=torch.bool)
+    points, arrays = [], []
+    for i in range(13):
+        kl = 0.03 * 2.0 ** -i
+        lost = round(rate * kl * n / 100)
+        cc = torch.arange(n) >= lost
+        points.append({"avg_bits": 1.0 + 0.05 * i, "calib_top1": 100.0 * float(cc.double().mean()),
+                       "test_top1": 96.0 - rate * kl, "kl_sens": kl * 1.1, "kl_calib": kl})
+        arrays.append({"calib_correct": cc, "calib_kl": torch.full((n,), kl), "test_correct": cc})
+    return ({"float": {"calib_top1": 100.0, "test_top1": 96.0}, "points": points},
+            {"calib_float_correct": fc, "points": arrays})
+
+
+def test_walk_rules_replay_and_resample():
+    from benchmarks import accuracy_mode_rules as rules
+
+    (d5, a5), (d6, a6) = _walk_draw(40.0), _walk_draw(80.0)
+    data = {"model": "m", "walk_step": 0.05, "draws": {"5": d5, "6": d6}}
+    text = rules.walk_report(data)
+    # One row per rule, and the cut follows the rate: at twice the rate the allowed KL is half.
+    assert len([ln for ln in text.splitlines() if ln.startswith("| kl ")]) == len(rules.WALK_RULES)
+    got = [rules._walk_choose(d["points"], 100.0, "kl_calib", n=200) for d in (d5, d6)]
+    assert got[1] >= got[0]  # a model that loses more per nat is cut wider
+    table = rules.walk_resampled(data, {"5": a5, "6": a6}, replicas=5)
+    assert table.count("\n") == 2 + sum(kw.get("kl_key") != "kl_sens" for kw in rules.WALK_RULES.values())
 
 
 @given(n=st.integers(1, 200), draw=st.data())
