@@ -131,7 +131,8 @@ def report(data: dict) -> str:
              f"{data['model']}, calibration draws {', '.join(draws)} (2,000 training images each), frontier "
              f"points at average bits {data['grid'][0]}–{data['grid'][-1]} in steps of 0.1; t_init {T_INIT}. "
              "Each cell: average bits / held-out test drop in points. The replay's KL is over all 2,000 "
-             "calibration images, unrounded; the search computes it on its 512 sensitivity images. "
+             "calibration images, unrounded, as the search computes it now (until 2026-12-03 on its 512 "
+             "sensitivity images; the finer study is `accuracy_mode_walk.md`). "
              "On this coarse grid several rules "
              "agree; the search itself walks points 0.05 bits apart, where a top-1 test meets more near-ties "
              "(its measured spread on the benchmark's draws 0-4 is in `pareto.md`).", "",

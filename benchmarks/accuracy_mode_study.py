@@ -108,6 +108,17 @@ def study_draw(model, calib, stats, test, log=print) -> dict:
     return out
 
 
+def draw_loaders(splits, seed: int, d: int) -> tuple:
+    """(calibration, statistics, test) loaders of calibration draw ``d``, as ``benchmarks/pareto.py`` draws them."""
+    from fxquant.data.eurosat import calibration_indices
+
+    labels, train_idx = splits.arrays.labels, splits.train_idx
+    calib_idx = calibration_indices(labels, train_idx, CALIB_SIZE, seed + d)
+    rest = train_idx[~torch.isin(train_idx, calib_idx)]
+    stats_idx = calibration_indices(labels, rest, STATS_SIZE, seed + d + 1)
+    return splits.loader(calib_idx), splits.loader(stats_idx), splits.loader(splits.test_idx)
+
+
 def write_json(path: Path, data: dict) -> None:
     tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
     tmp.write_text(json.dumps(data, indent=1) + "\n")
@@ -132,7 +143,7 @@ def main(argv=None) -> int:
         print(text)
         return 0
     from examples.eurosat.common import checkpoint_path, load_trained
-    from fxquant.data.eurosat import calibration_indices, eurosat_splits
+    from fxquant.data.eurosat import eurosat_splits
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -140,7 +151,6 @@ def main(argv=None) -> int:
     model, meta = load_trained(args.model, path=ckpt)
     seed = meta.get("split_seed", 0)
     splits = eurosat_splits(args.root, seed=seed)
-    labels, train_idx = splits.arrays.labels, splits.train_idx
     data = json.loads(args.out.read_text()) if args.out.is_file() else {
         "model": args.model, "checkpoint_test_acc": meta.get("test_acc"), "grid": GRID, "draws": {}}
     if data.get("checkpoint_test_acc") != meta.get("test_acc"):
@@ -148,12 +158,8 @@ def main(argv=None) -> int:
     for d in (int(s) for s in args.draws.split(",") if s.strip()):
         if str(d) in data["draws"]:
             continue
-        calib_idx = calibration_indices(labels, train_idx, CALIB_SIZE, seed + d)  # as benchmarks/pareto.py
-        rest = train_idx[~torch.isin(train_idx, calib_idx)]
-        stats_idx = calibration_indices(labels, rest, STATS_SIZE, seed + d + 1)
         print(f"draw {d}", flush=True)
-        data["draws"][str(d)] = study_draw(model, splits.loader(calib_idx), splits.loader(stats_idx),
-                                           splits.loader(splits.test_idx), log=lambda s: print(s, flush=True))
+        data["draws"][str(d)] = study_draw(model, *draw_loaders(splits, seed, d), log=lambda s: print(s, flush=True))
         write_json(args.out, data)
     print(f"wrote {args.out}")
     return 0

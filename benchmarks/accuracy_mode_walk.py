@@ -37,7 +37,7 @@ import torch  # noqa: E402
 
 import fxquant  # noqa: E402
 from benchmarks import baselines  # noqa: E402
-from benchmarks.accuracy_mode_study import CALIB_SIZE, SAMPLES, STATS_SIZE, outputs, write_json  # noqa: E402
+from benchmarks.accuracy_mode_study import SAMPLES, draw_loaders, outputs, write_json  # noqa: E402
 from fxquant.core.allocate import pareto_frontier  # noqa: E402
 from fxquant.core.calibration import calibration_inputs  # noqa: E402
 from fxquant.passes.sensitivity import canonical_batches, extrapolate, measure_sensitivity  # noqa: E402
@@ -123,14 +123,13 @@ def main(argv=None) -> int:
         print(text)
         return 0
     from examples.eurosat.common import checkpoint_path, load_trained
-    from fxquant.data.eurosat import calibration_indices, eurosat_splits
+    from fxquant.data.eurosat import eurosat_splits
 
     if args.threads:
         torch.set_num_threads(args.threads)
     model, meta = load_trained(args.model, path=checkpoint_path(args.model))
     seed = meta.get("split_seed", 0)
     splits = eurosat_splits(args.root, seed=seed)
-    labels, train_idx = splits.arrays.labels, splits.train_idx
     data = json.loads(args.out.read_text()) if args.out.is_file() else {
         "model": args.model, "checkpoint_test_acc": meta.get("test_acc"), "walk_step": WALK_STEP,
         "samples": SAMPLES, "draws": {}}
@@ -140,12 +139,9 @@ def main(argv=None) -> int:
     for d in (int(s) for s in args.draws.split(",") if s.strip()):
         if str(d) in data["draws"]:
             continue
-        calib_idx = calibration_indices(labels, train_idx, CALIB_SIZE, seed + d)  # as benchmarks/pareto.py
-        rest = train_idx[~torch.isin(train_idx, calib_idx)]
-        stats_idx = calibration_indices(labels, rest, STATS_SIZE, seed + d + 1)
         print(f"draw {d}", flush=True)
-        rec, arrays = walk_draw(model, splits.loader(calib_idx), splits.loader(stats_idx),
-                                splits.loader(splits.test_idx), args.max_bits, log=lambda s: print(s, flush=True))
+        rec, arrays = walk_draw(model, *draw_loaders(splits, seed, d), args.max_bits,
+                                log=lambda s: print(s, flush=True))
         torch.save(arrays, CACHE / f"{args.model}_walk_draw{d}.pt")
         data["draws"][str(d)] = rec
         write_json(args.out, data)

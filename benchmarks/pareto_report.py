@@ -140,8 +140,9 @@ def markdown(data: dict) -> str:
         thin = sorted(f"{LABELS[m]} {st}" for (m, st), s in summary.items() if s["acc"]["n"] < draws)
         absent = sorted(LABELS[m] for m in LABELS if not any(k[0] == m for k in summary))
         if thin or absent:
-            lines += ["", f"**Incomplete run**: fewer than {draws} draws for {', '.join(thin) or 'none'}; "
-                          f"not run: {', '.join(absent) or 'none'}. Verdicts below compare what exists "
+            parts = ([f"fewer than {draws} draws for {', '.join(thin)}"] if thin else []) + \
+                ([f"not run: {', '.join(absent)}"] if absent else [])
+            lines += ["", f"**Incomplete run**: {'; '.join(parts)}. Verdicts below compare what exists "
                           "(medians of unequal draw counts) and are provisional."]
         lines += ["", "Targets:", ""]
         for v in verdicts(entry):

@@ -35,7 +35,7 @@ ResNet18, ``benchmarks/accuracy_mode_walk.py``: every point of the search's walk
 replayed in ``docs/results/accuracy_mode_walk.md``). With anchors within 2 points
 and KL on the 512 sensitivity images the cuts spread 1.20-1.45 bits; KL on all
 images and anchors within 4 points cut at 1.30-1.35, and on bootstrap resamples
-of the calibration images five draws stayed within max/min 1.15 in 78% of sets.
+of the calibration images five draws stayed within max/min 1.15 in 74% of sets.
 The price of distant anchors: the drop grows a little slower than KL there, so
 the rate comes out a little low and the cut a little aggressive (median test drop
 on those draws 0.0 points; the check step bounds it). The window scales with

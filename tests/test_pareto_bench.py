@@ -100,6 +100,21 @@ def test_verdicts_follow_the_numbers():
     assert ok("accuracy mode: median test drop") is False  # median drop 2.75
     assert ok("never below the uniform line") is True  # 93.0 at 3 bits is on the line, not below
     assert ok("every baseline") is False  # HAWQ beats it at 2 bits
+    with_n = pareto_report.verdicts({"float_test_acc": 98.0, "rows": rows, "setup": {"n_test": 1000}})
+    lost = next(c for c in with_n if "every baseline" in c["target"])
+    assert "hawq at 2 bits (+0.70 = 7 of 1000 test images)" in lost["value"], lost
+
+
+def test_an_incomplete_run_names_only_what_is_missing():
+    rows = {f"uniform/w{b}/draw{d}": {"test_acc": 90 + b, "avg_bits": b, "search_seconds": 0}
+            for b in (2, 4) for d in (0, 1)}
+    setup = {"n_test": 100, "n_calib": 10, "n_stats": 10}
+    text = pareto_report.markdown({"models": {"m": {"float_test_acc": 98.0, "rows": rows, "setup": setup}}})
+    line = next(ln for ln in text.splitlines() if ln.startswith("**Incomplete run**"))
+    assert "fewer than" not in line and "not run: HAWQ-v2-style" in line  # every row has both draws
+    del rows["uniform/w4/draw1"]
+    text = pareto_report.markdown({"models": {"m": {"float_test_acc": 98.0, "rows": rows, "setup": setup}}})
+    assert "fewer than 2 draws for uniform widths w4; not run:" in text
 
 
 def test_hawq_prefers_bits_where_the_curvature_is():
