@@ -152,36 +152,29 @@ def report(data: dict) -> str:
 # ----- the walk study (accuracy_mode_walk.py): the search's own walk, both KLs ---------------------------------
 
 def _walk_choose(points: list[dict], float_top1: float, kl_key: str, t_init: float = T_INIT, sigmas: float = 2.0,
-                 n: int = 2000, **overrides) -> int:
-    """:func:`choose_point` on recorded walk points (``kl_key``: ``kl_sens`` or ``kl_calib``)."""
-    from fxquant.passes import accuracy_mode
+                 n: int = 2000, **options) -> int:
+    """:func:`choose_point` on recorded walk points (``kl_key``: ``kl_sens`` or ``kl_calib``; ``options``:
+    its ``anchor_factor`` / ``n_anchors``)."""
 
     def value_of(i, threshold=None):
         v = points[i]["calib_top1"]
         return v, threshold is None or v >= threshold
 
-    saved = {k: getattr(accuracy_mode, k) for k in overrides}
-    try:
-        for k, v in overrides.items():
-            setattr(accuracy_mode, k, v)
-        chosen, _ = accuracy_mode.choose_point(list(range(len(points))), value_of,
-                                               lambda i: round(points[i][kl_key], 5), float_top1, t_init, n, sigmas)
-    finally:
-        for k, v in saved.items():
-            setattr(accuracy_mode, k, v)
+    chosen, _ = choose_point(list(range(len(points))), value_of, lambda i: round(points[i][kl_key], 5),
+                             float_top1, t_init, n, sigmas, **options)
     return chosen
 
 
 WALK_RULES = {
-    "kl on 512 sensitivity images (search before)": dict(kl_key="kl_sens", ANCHOR_FACTOR=4.0),
-    "kl on all calibration images": dict(kl_key="kl_calib", ANCHOR_FACTOR=4.0),
-    "kl on all, 5 anchors": dict(kl_key="kl_calib", ANCHOR_FACTOR=4.0, ANCHORS=5),
-    "kl on all, anchors within 2 t_init": dict(kl_key="kl_calib", ANCHOR_FACTOR=2.0),
-    "kl on all, anchors within 6 t_init": dict(kl_key="kl_calib", ANCHOR_FACTOR=6.0),
-    "kl on all, anchors within 8 t_init (search now)": dict(kl_key="kl_calib", ANCHOR_FACTOR=8.0),
-    "kl on all, anchors within 8 t_init, 5 anchors": dict(kl_key="kl_calib", ANCHOR_FACTOR=8.0, ANCHORS=5),
-    "kl on all, anchors within 12 t_init": dict(kl_key="kl_calib", ANCHOR_FACTOR=12.0),
-    "kl on 512, anchors within 8 t_init": dict(kl_key="kl_sens", ANCHOR_FACTOR=8.0),
+    "kl on 512 sensitivity images (search before)": dict(kl_key="kl_sens", anchor_factor=4.0),
+    "kl on all calibration images": dict(kl_key="kl_calib", anchor_factor=4.0),
+    "kl on all, 5 anchors": dict(kl_key="kl_calib", anchor_factor=4.0, n_anchors=5),
+    "kl on all, anchors within 2 t_init": dict(kl_key="kl_calib", anchor_factor=2.0),
+    "kl on all, anchors within 6 t_init": dict(kl_key="kl_calib", anchor_factor=6.0),
+    "kl on all, anchors within 8 t_init (search now)": dict(kl_key="kl_calib", anchor_factor=8.0),
+    "kl on all, anchors within 8 t_init, 5 anchors": dict(kl_key="kl_calib", anchor_factor=8.0, n_anchors=5),
+    "kl on all, anchors within 12 t_init": dict(kl_key="kl_calib", anchor_factor=12.0),
+    "kl on 512, anchors within 8 t_init": dict(kl_key="kl_sens", anchor_factor=8.0),
 }
 
 

@@ -113,18 +113,20 @@ def first_passing(start: int, stop: int, passes: Callable[[int], bool]) -> int |
 
 def choose_point(walk: list[int], value_of: Callable[..., tuple[float, bool]], kl_of: Callable[[int], float],
                  float_value: float, t_init: float, total: int | None, sigmas: float,
-                 emit: Callable[..., None] = lambda *a: None) -> tuple[int, dict]:
+                 emit: Callable[..., None] = lambda *a: None, *, anchor_factor: float = ANCHOR_FACTOR,
+                 n_anchors: int = ANCHORS) -> tuple[int, dict]:
     """``(chosen frontier index, what decided it)`` along ``walk`` (frontier indices, ascending size).
 
     ``value_of(i, threshold=None) -> (value, complete)`` evaluates frontier point
     ``i`` with the oracle (an evaluation may stop early once it cannot reach
     ``threshold``); ``kl_of(i)`` is its mean KL against the float model. See the
-    module docstring for the steps.
+    module docstring for the steps; ``anchor_factor`` and ``n_anchors`` exist for
+    the replay studies in ``benchmarks/``.
     """
     if not walk:
         raise ValueError("accuracy mode: the walk has no frontier points to choose from")
     floor = float_value - t_init
-    anchor_floor = float_value - ANCHOR_FACTOR * t_init
+    anchor_floor = float_value - anchor_factor * t_init
 
     def within_anchor_floor(pos: int) -> bool:
         v, complete = value_of(walk[pos], anchor_floor)
@@ -132,10 +134,10 @@ def choose_point(walk: list[int], value_of: Callable[..., tuple[float, bool]], k
 
     first = first_passing(0, len(walk), within_anchor_floor)
     if first is None:
-        emit("fxquant search: no frontier point within %g of float; taking the widest", ANCHOR_FACTOR * t_init)
+        emit("fxquant search: no frontier point within %g of float; taking the widest", anchor_factor * t_init)
         return walk[-1], {"rate": None, "allowed_drop": None, "anchors": ()}
     anchors = []
-    for pos in range(first, min(first + ANCHORS, len(walk))):
+    for pos in range(first, min(first + n_anchors, len(walk))):
         v, _ = value_of(walk[pos])
         anchors.append((kl_of(walk[pos]), float_value - v))
     rate = drop_per_kl(anchors)
