@@ -17,6 +17,7 @@ LABELS = {"uniform": "uniform widths", "paper_fixed": "paper search, fixed margi
           "fxquant_accuracy": "fxquant sensitivity, accuracy mode"}
 TARGET_SECONDS = 100.0
 MIN_PLOTTED_ROWS = 5
+FIGURE_MAX_BITS, FIGURE_MAX_DROP = 4.0, 1.5
 
 
 def _stats(values: list[float]) -> dict:
@@ -149,8 +150,27 @@ def markdown(data: dict) -> str:
             mark = "not measured" if v["ok"] is None else ("**met**" if v["ok"] else "**missed**")
             lines.append(f"* {v['target']}: {v['value'] or '–'} — {mark}")
         lines.append("")
-    lines += ["![accuracy vs bits](img/pareto.png)", ""]
+    lines += ["![accuracy vs bits](img/pareto.png)", "",
+              f"The figure draws the current entries from 1 to {FIGURE_MAX_BITS:g} bits (wider widths sit on "
+              f"float; the tables have them) and at most {FIGURE_MAX_DROP:g} points under float.", ""]
     return "\n".join(lines)
+
+
+def plotted_models(data: dict) -> list[str]:
+    """The entries drawn: current ones (superseded entries are named ``"<model> [<label>]"`` and stay in
+    the tables) with enough rows for a frontier."""
+    return [m for m, e in data["models"].items() if " [" not in m and len(e["rows"]) >= MIN_PLOTTED_ROWS]
+
+
+def axis_limits(summary: dict, float_acc: float) -> tuple[tuple[float, float], tuple[float, float]]:
+    """``((x0, x1), (y0, y1))`` framing the searched range: every median from 1 to 4 bits (past 4 bits
+    the widths all sit on float), down to at most 1.5 points under float (the 1-bit cliff goes off the
+    bottom rather than squash the frontier)."""
+    shown = [s["acc"]["median"] for s in summary.values() if 1.0 < s["bits"]["median"] <= FIGURE_MAX_BITS]
+    top = max([float_acc] + shown)
+    bottom = max(min([float_acc - 0.5] + shown), float_acc - FIGURE_MAX_DROP)
+    pad = 0.08 * (top - bottom)
+    return (1.0, FIGURE_MAX_BITS + 0.3), (bottom - pad, top + pad)
 
 
 def figure(data: dict, path: Path) -> Path | None:
@@ -161,7 +181,7 @@ def figure(data: dict, path: Path) -> Path | None:
         import matplotlib.pyplot as plt
     except ImportError:
         return None
-    models = [m for m, e in data["models"].items() if len(e["rows"]) >= MIN_PLOTTED_ROWS]  # no one-point panels
+    models = plotted_models(data)
     if not models:
         return None
     fig, axes = plt.subplots(1, len(models), figsize=(6.5 * len(models), 4.8), squeeze=False)
@@ -187,10 +207,9 @@ def figure(data: dict, path: Path) -> Path | None:
         ax.set_xlabel("average bits (eq. 5)")
         ax.set_ylabel("held-out test accuracy (%)")
         ax.set_title(f"{name}: median over draws (bars: min–max)", fontsize=9)
-        shown = [s["acc"]["median"] for s in summary.values() if s["bits"]["median"] >= 1.4]
-        lo = min([entry["float_test_acc"] - 3] + shown)
-        ax.set_ylim(lo, entry["float_test_acc"] + 0.5)
-        ax.set_xlim(1.2, 8.3)
+        (x0, x1), (y0, y1) = axis_limits(summary, entry["float_test_acc"])
+        ax.set_xlim(x0, x1)
+        ax.set_ylim(y0, y1)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7, loc="lower right")
     fig.tight_layout()

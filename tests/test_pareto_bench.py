@@ -117,6 +117,21 @@ def test_an_incomplete_run_names_only_what_is_missing():
     assert "fewer than 2 draws for uniform widths w4; not run:" in text
 
 
+def test_the_figure_draws_current_entries_around_the_frontier():
+    rows = {f"uniform/w{b}/draw0": {"test_acc": a, "avg_bits": b, "search_seconds": 0}
+            for b, a in ((1, 12.0), (2, 95.7), (3, 96.4), (4, 96.6), (8, 96.6))}
+    data = {"models": {"m": {"rows": rows}, "m [old rule]": {"rows": dict(rows)},
+                       "short": {"rows": dict(list(rows.items())[:2])}}}
+    assert pareto_report.plotted_models(data) == ["m"]  # superseded and one-point entries stay in the tables
+    (x0, x1), (y0, y1) = pareto_report.axis_limits(pareto_report.summarise({"rows": rows}), 96.59)
+    assert x0 == 1.0 and x1 == pytest.approx(4.3)
+    assert y0 < 95.7 and y1 > 96.6  # every median from 2 to 4 bits is inside
+    assert y0 > 96.59 - 1.5 - 0.2  # the 1-bit cliff (12%) is not
+    rows["uniform/w2/draw0"]["test_acc"] = 90.0  # a deep point clips at 1.5 points under float
+    (_, _), (y0, _) = pareto_report.axis_limits(pareto_report.summarise({"rows": rows}), 96.59)
+    assert 96.59 - 1.5 - 0.2 < y0 < 96.59 - 1.5
+
+
 def test_hawq_prefers_bits_where_the_curvature_is():
     model = small_cnn()
     x, y, stats = data(model, n=64)
