@@ -137,6 +137,10 @@ def markdown(data: dict) -> str:
         for (method, setting), s in ranked:
             lines.append(f"| {LABELS[method]} | {setting} | {_fmt(s['acc'], '.2f')} | {_fmt(s['bits'], '.2f')} | "
                          f"{s['seconds']['median']:.0f} | {s['acc']['n']} |")
+        if " [" in name:  # superseded rows or a side configuration: kept for comparison only
+            lines += ["", f"Kept for comparison; the targets are judged on the current entry "
+                          f"({name.split(' [')[0]}).", ""]
+            continue
         draws = max((s["acc"]["n"] for s in summary.values()), default=0)
         thin = sorted(f"{LABELS[m]} {st}" for (m, st), s in summary.items() if s["acc"]["n"] < draws)
         absent = sorted(LABELS[m] for m in LABELS if not any(k[0] == m for k in summary))

@@ -115,6 +115,9 @@ def test_an_incomplete_run_names_only_what_is_missing():
     del rows["uniform/w4/draw1"]
     text = pareto_report.markdown({"models": {"m": {"float_test_acc": 98.0, "rows": rows, "setup": setup}}})
     assert "fewer than 2 draws for uniform widths w4; not run:" in text
+    kept = pareto_report.markdown({"models": {"m [old]": {"float_test_acc": 98.0, "rows": rows, "setup": setup}}})
+    assert "Incomplete run" not in kept and "Targets:" not in kept  # a kept entry is a comparison, not a run
+    assert "judged on the current entry (m)" in kept
 
 
 def test_the_figure_draws_current_entries_around_the_frontier():
