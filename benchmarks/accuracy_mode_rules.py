@@ -156,11 +156,12 @@ def _walk_choose(points: list[dict], float_top1: float, kl_key: str, t_init: flo
     """:func:`choose_point` on recorded walk points (``kl_key``: ``kl_sens`` or ``kl_calib``; ``options``:
     its ``anchor_factor`` / ``n_anchors``)."""
 
+    # KL rounded as the search rounds it (passes/sensitivity.py: 5 significant digits)
     def value_of(i, threshold=None):
         v = points[i]["calib_top1"]
         return v, threshold is None or v >= threshold
 
-    chosen, _ = choose_point(list(range(len(points))), value_of, lambda i: round(points[i][kl_key], 5),
+    chosen, _ = choose_point(list(range(len(points))), value_of, lambda i: float(f"{points[i][kl_key]:.5g}"),
                              float_top1, t_init, n, sigmas, **options)
     return chosen
 
@@ -219,7 +220,11 @@ def walk_resampled(data: dict, arrays: dict, rules: dict | None = None, replicas
     rules = {k: v for k, v in (rules or WALK_RULES).items() if v.get("kl_key") != "kl_sens"}
     rng = random.Random(seed)
     gen = torch.Generator().manual_seed(seed)
-    lines = ["| rule | median bits | 10-90% bits | median test drop | 5-draw max/min (median) | P(max/min <= 1.15) |",
+    lines = [f"Each rule on {replicas} bootstrap resamples of every draw's calibration images (as many "
+             "images, redrawn with replacement; the draw's frontier kept). The spread columns: over "
+             f"{replicas} sets of five resampled draws (each from a random draw, so a set may repeat a "
+             "draw), the median of max/min and how often it was <= 1.15.", "",
+             "| rule | median bits | 10-90% bits | median test drop | 5-draw max/min (median) | P(max/min <= 1.15) |",
              "|---|---:|---:|---:|---:|---:|"]
     for rule, kw in rules.items():
         per_draw = {}

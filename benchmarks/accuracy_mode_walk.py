@@ -10,7 +10,8 @@ at every walk point up to ``--max-bits`` average bits:
 
 * calibration top-1 (the oracle's value), held-out test top-1;
 * the whole model's mean KL(float || point) on the 512 sensitivity images (what
-  the search uses today) and on all 2,000 calibration images, and on test.
+  the search used before this study) and on all 2,000 calibration images (what it
+  uses now), and on test.
 
 Per-image arrays (calibration correctness and KL, test correctness) go to
 ``~/.cache/fxquant/study/`` for resampling studies; the JSON holds the
@@ -116,8 +117,7 @@ def main(argv=None) -> int:
         text = walk_report(data)
         files = {d: CACHE / f"{data['model']}_walk_draw{d}.pt" for d in data["draws"]}
         if all(f.is_file() for f in files.values()):
-            text += ("\n## Resampled calibration images\n\n" + walk_resampled.__doc__.split("\n\n")[0].strip()
-                     + " Per-image arrays from `~/.cache/fxquant/study/`.\n\n"
+            text += ("\n## Resampled calibration images\n\nPer-image arrays from `~/.cache/fxquant/study/`. "
                      + walk_resampled(data, {d: torch.load(f) for d, f in files.items()}))
         args.out.with_suffix(".md").write_text(text)
         print(text)

@@ -23,8 +23,9 @@ count, and the cut itself is placed on a smooth statistic:
    measured on the same images as the drops (a draw's fragile images raise both).
 3. **Cut.** The allowed drop ``d*`` is the largest drop that passes the statistical
    margin of :func:`allowed_drop` (today's rule: drop plus ``accept_sigmas`` standard
-   errors within ``t_init``); the chosen point is the smallest with
-   ``c * KL <= d*``, searched on ``KL`` (which falls smoothly along the frontier),
+   errors within ``t_init``); the chosen point is the smallest from the first
+   anchor up with ``c * KL <= d*`` (the smaller points already lost more than the
+   anchor window), searched on ``KL`` (which falls smoothly along the frontier),
    so single images no longer place the cut.
 4. **Check.** The chosen point is evaluated; if its measured drop exceeds
    ``t_init`` (the rate was off for it) the walk moves up until one does not, so
@@ -125,6 +126,9 @@ def choose_point(walk: list[int], value_of: Callable[..., tuple[float, bool]], k
     """
     if not walk:
         raise ValueError("accuracy mode: the walk has no frontier points to choose from")
+    if n_anchors < 1 or not anchor_factor > 0:
+        raise ValueError(f"accuracy mode: n_anchors must be >= 1 and anchor_factor > 0, got n_anchors={n_anchors}, "
+                         f"anchor_factor={anchor_factor}")
     floor = float_value - t_init
     anchor_floor = float_value - anchor_factor * t_init
 

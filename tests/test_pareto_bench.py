@@ -103,6 +103,16 @@ def test_verdicts_follow_the_numbers():
     with_n = pareto_report.verdicts({"float_test_acc": 98.0, "rows": rows, "setup": {"n_test": 1000}})
     lost = next(c for c in with_n if "every baseline" in c["target"])
     assert "hawq at 2 bits (+0.70 = 7 of 1000 test images)" in lost["value"], lost
+    rows["hawq/b2/draw1"] = {"test_acc": 97.8, "avg_bits": 2.0, "search_seconds": 5}  # median of 2: half an image
+    rows["fxquant_budget/b2/draw1"] = rows["fxquant_budget/b2/draw0"]
+    half = pareto_report.verdicts({"float_test_acc": 98.0, "rows": rows, "setup": {"n_test": 1000}})
+    assert "(+0.35 = 3.5 of 1000 test images)" in next(c for c in half if "every baseline" in c["target"])["value"]
+    far = {k: v for k, v in rows.items() if not k.startswith("uniform/w8")}
+    far["fxquant_accuracy/acc/draw0"] = {"test_acc": 97.5, "avg_bits": 5.0, "search_seconds": 60}
+    far["fxquant_accuracy/acc/draw1"] = {"test_acc": 97.5, "avg_bits": 6.0, "search_seconds": 60}
+    line = next(c for c in pareto_report.verdicts({"float_test_acc": 98.0, "rows": far})
+                if "uniform line" in c["target"])
+    assert line["ok"] is None and "2 outside the measured widths" in line["value"]  # nothing compared: no pass
 
 
 def test_an_incomplete_run_names_only_what_is_missing():
@@ -117,7 +127,11 @@ def test_an_incomplete_run_names_only_what_is_missing():
     assert "fewer than 2 draws for uniform widths w4; not run:" in text
     kept = pareto_report.markdown({"models": {"m [old]": {"float_test_acc": 98.0, "rows": rows, "setup": setup}}})
     assert "Incomplete run" not in kept and "Targets:" not in kept  # a kept entry is a comparison, not a run
-    assert "judged on the current entry (m)" in kept
+    assert "judged on" not in kept  # there is no entry m to judge
+    both = pareto_report.markdown({"models": {"m": {"float_test_acc": 98.0, "rows": rows, "setup": setup},
+                                              "m [old]": {"float_test_acc": 98.0, "rows": rows, "setup": setup}}})
+    assert "judged on the current entry (m)" in both
+    assert "img/pareto.png" not in pareto_report.markdown({"models": {}}, figure_drawn=False)
 
 
 def test_the_figure_draws_current_entries_around_the_frontier():
