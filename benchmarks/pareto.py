@@ -12,7 +12,8 @@ From the repository root (checkpoints from ``examples/eurosat/train.py``)::
 Methods (``--methods``): ``uniform`` (every layer at 1..6 and 8 bits), ``paper_fixed`` /
 ``paper_adaptive`` (the paper's greedy, T_init 0.5), ``hawq`` / ``zeroq`` (baselines in
 ``benchmarks/baselines.py``, knapsack at each budget), ``fxquant_budget``
-(``compress(target_bits=B)``) and ``fxquant_accuracy`` (``method="sensitivity"``, T_init 0.5).
+(``compress(target_bits=B)``, run as ``fxquant.explore(...).compress(target_bits=B)``: the
+same model from one measurement per draw; each row's search seconds count that measurement) and ``fxquant_accuracy`` (``method="sensitivity"``, T_init 0.5).
 Every method uses the same quantizer (GPTQ + bias correction, statistics from 1,024
 training images disjoint from the draw's calibration images), so only the allocation
 differs. Draw ``d`` takes its 2,000 calibration images from the training split with
@@ -77,12 +78,25 @@ def measure(gm, test) -> dict:
 
 
 class Draw:
-    """One calibration draw: its loaders, and lazily its prepared quantizer and baseline sensitivities."""
+    """One calibration draw: its loaders, and lazily its prepared quantizer, baseline sensitivities and
+    fxquant's budget-mode measurement (``fxquant.explore``: every budget from one measurement)."""
 
     def __init__(self, model, calib, stats, verbose: bool, quant: fxquant.QuantConfig):
         self.model, self.calib, self.stats, self.verbose, self.quant = model, calib, stats, verbose, quant
         self._prep = None
         self._sens: dict[str, tuple[dict, float]] = {}
+        self._explored: fxquant.Exploration | None = None
+
+    @property
+    def explored(self) -> fxquant.Exploration:
+        if self._explored is None:
+            self._explored = fxquant.explore(self.model, self.calib, stats_loader=self.stats, verbose=self.verbose,
+                                             quant=self.quant)
+        return self._explored
+
+    def close(self) -> None:
+        if self._explored is not None:
+            self._explored.close()
 
     @property
     def prep(self) -> baselines.Prepared:
@@ -111,12 +125,14 @@ def compute_row(method: str, value, draw: Draw, test) -> dict:
         gm = baselines.build(draw.prep, bits)
         row.update(budget=value, search_seconds=seconds + time.perf_counter() - t1)
     else:
-        options = {"paper_fixed": dict(method="paper", margin="fixed", t_init=T_INIT),
-                   "paper_adaptive": dict(method="paper", margin="adaptive", t_init=T_INIT),
-                   "fxquant_budget": dict(target_bits=value),
-                   "fxquant_accuracy": dict(method="sensitivity", t_init=T_INIT)}[method]
-        gm = fxquant.compress(draw.model, draw.calib, stats_loader=draw.stats, verbose=draw.verbose,
-                              quant=draw.quant, **options)
+        if method == "fxquant_budget":  # = compress(target_bits=value), measured once per draw
+            gm = draw.explored.compress(target_bits=value)
+        else:
+            options = {"paper_fixed": dict(method="paper", margin="fixed", t_init=T_INIT),
+                       "paper_adaptive": dict(method="paper", margin="adaptive", t_init=T_INIT),
+                       "fxquant_accuracy": dict(method="sensitivity", t_init=T_INIT)}[method]
+            gm = fxquant.compress(draw.model, draw.calib, stats_loader=draw.stats, verbose=draw.verbose,
+                                  quant=draw.quant, **options)
         rep = fxquant.report(gm)
         row.update(search_seconds=rep.seconds, calib_float=rep.float_value, calib_final=rep.final_value,
                    oracle_calls=rep.oracle_calls)
@@ -164,21 +180,27 @@ def run(name: str, model, draws: dict[int, tuple], test, *, methods, budgets, pa
     provenance = {"threads": torch.get_num_threads(), "torch_version": str(torch.__version__),
                   "fxquant_version": fxquant.__version__}
     cache: dict[int, Draw] = {}
-    for key, method, d, value in plan(methods, budgets, sorted(draws)):
-        if key in entry["rows"]:
-            continue
-        if d not in cache:
-            cache.clear()  # one draw's statistics and activations in memory at a time
-            cache[d] = Draw(model, *draws[d], verbose, quant)
-        row = compute_row(method, value, cache[d], test)
-        row.update(draw=d, date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-                   **provenance)
-        data = open_results(path)  # another model's run may have written meanwhile
-        data["models"].setdefault(name, entry)["rows"][key] = row
-        entry = data["models"][name]
-        write_json(path, data)
-        log(f"{name} {key}: test {row['test_acc']:.2f}% at {row['avg_bits']:.3f} bits, "
-            f"search {row['search_seconds']:.1f} s")
+    try:
+        for key, method, d, value in plan(methods, budgets, sorted(draws)):
+            if key in entry["rows"]:
+                continue
+            if d not in cache:
+                for old in cache.values():
+                    old.close()
+                cache.clear()  # one draw's statistics and activations in memory at a time
+                cache[d] = Draw(model, *draws[d], verbose, quant)
+            row = compute_row(method, value, cache[d], test)
+            row.update(draw=d, date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+                       **provenance)
+            data = open_results(path)  # another model's run may have written meanwhile
+            data["models"].setdefault(name, entry)["rows"][key] = row
+            entry = data["models"][name]
+            write_json(path, data)
+            log(f"{name} {key}: test {row['test_acc']:.2f}% at {row['avg_bits']:.3f} bits, "
+                f"search {row['search_seconds']:.1f} s")
+    finally:
+        for old in cache.values():
+            old.close()
     return data
 
 

@@ -17,6 +17,7 @@ from fxquant.engine.oracle import AccuracyOracle
 from fxquant.nn.storage import WeightStorage, state_dict_bytes, weight_storage
 from fxquant.core.quantizer import QuantizedWeight, dequantize, fake_quantize, quantize_weight
 from fxquant.api import compress, quantizable_layers, quantize
+from fxquant.explore import Exploration, explore
 from fxquant.fileformat.saveload import FxqFormatError, load, save
 from fxquant.export.onnx import export_onnx
 from fxquant.reporting.draw import draw
@@ -48,6 +49,8 @@ __all__ = [
     "quantize",
     "quantizable_layers",
     "compress",
+    "explore",
+    "Exploration",
     "report",
     "CompressionReport",
     "AccuracyOracle",

@@ -221,7 +221,7 @@ def _check_from_float(qcls, layer_name: str, owner: nn.Module) -> None:
         pass  # no introspectable signature (e.g. a builtin): the call itself will tell
 
 
-def _search_config(config: SearchConfig | None, options: dict) -> SearchConfig:
+def search_config(config: SearchConfig | None, options: dict) -> SearchConfig:
     if config is not None and not isinstance(config, SearchConfig):
         raise ValueError(f"config must be a SearchConfig, got {type(config).__name__}")
     known = {f.name for f in dataclasses.fields(SearchConfig)}
@@ -229,6 +229,70 @@ def _search_config(config: SearchConfig | None, options: dict) -> SearchConfig:
     if unknown:
         raise ValueError(f"unknown compress option(s) {unknown}; options are {sorted(known)}")
     return dataclasses.replace(config or SearchConfig(), **options)
+
+
+def make_oracle(calib_loader: Iterable | None, oracle: Callable | None, dtype) -> Callable:
+    if oracle is None:
+        oracle = AccuracyOracle(calib_loader)
+        check_inputs([x for x, _ in oracle.batches], "calib_loader", dtype)
+    elif not callable(oracle):
+        raise ValueError(f"oracle must be callable(model) -> float, got {type(oracle).__name__}")
+    return oracle
+
+
+@dataclasses.dataclass(frozen=True)
+class PreparedSearch:
+    """A traced, annotated copy of the caller's model and what searching it needs (:func:`prepare_search`)."""
+
+    gm: fx.GraphModule
+    layers: list[passes.Layer]  # every layer of the graph
+    chosen: list[passes.Layer]  # the ones filter_fn quantizes
+    keep: set[str]  # kept at baseline_bits, not searched
+    quantizer: object  # passes.calibrate.LayerQuantizer
+    sensitivity_inputs: list[torch.Tensor] | None
+
+
+def prepare_search(model: nn.Module, cfg: SearchConfig, oracle: Callable, *, calib_loader, stats_loader,
+                   filter_fn: FilterFn | None, keep_8bit, leaf_modules: Iterable[str], mapping, dtype) -> PreparedSearch:
+    """Copy, trace and annotate ``model``, validate the layer options, measure the quantizer's statistics."""
+    work = copy_model(model).eval()
+    gm = passes.trace(work, leaf_modules=leaf_modules, copy_model=False)
+    layers = passes.find_layers(gm)
+    passes.annotate_importance(gm, w_p=cfg.w_p, w_v=cfg.w_v, layers=layers)
+    chosen = select_layers(gm, layers, filter_fn)
+    _check_mapping(gm, chosen, mapping)
+    if keep_8bit is None:
+        keep = set()
+    elif callable(keep_8bit):
+        keep = {lay.name for lay in select_layers(gm, chosen, keep_8bit)}
+    else:
+        keep = {keep_8bit} if isinstance(keep_8bit, str) else set(keep_8bit)
+        unknown = sorted(keep - {lay.name for lay in layers})
+        if unknown:
+            raise ValueError(f"keep_8bit names no layer of the model: {unknown[:5]}")
+        excluded = sorted(keep - {lay.name for lay in chosen})
+        if excluded:
+            raise ValueError(f"keep_8bit names layers that filter_fn keeps float: {excluded[:5]}")
+    calib_inputs = None
+    if stats_loader is not None:
+        calib_inputs = calibration_inputs(stats_loader, cfg.quant.calib_samples, "stats_loader")
+        check_inputs(calib_inputs, "stats_loader", dtype)
+    elif calib_loader is not None and not isinstance(oracle, AccuracyOracle):
+        calib_inputs = calibration_inputs(calib_loader, cfg.quant.calib_samples)
+        check_inputs(calib_inputs, "calib_loader", dtype)
+    quantizer = layer_quantizer(gm, chosen, cfg, oracle, calib_inputs)
+    if quantizer.config.rounding == "gptq" and stats_loader is None and isinstance(oracle, AccuracyOracle):
+        log.warning("fxquant: GPTQ statistics come from the images the search scores; pass stats_loader= "
+                    "(other images, e.g. the rest of the training split) so the search cannot trust "
+                    "widths that only fit the calibration images")
+    sens_inputs = None  # the sensitivity method measures on the scored images (the oracle's, by default)
+    if cfg.resolved_method == "sensitivity" and not isinstance(oracle, AccuracyOracle):
+        source = calib_loader if calib_loader is not None else stats_loader
+        if source is not None:
+            # All of them: the subset is chosen by content (passes/sensitivity.py), not by position.
+            sens_inputs = calibration_inputs(source, 1 << 62, "calib_loader")
+    return PreparedSearch(gm=gm, layers=layers, chosen=chosen, keep=keep, quantizer=quantizer,
+                          sensitivity_inputs=sens_inputs)
 
 
 def compress(model: nn.Module, calib_loader: Iterable | None = None, *, oracle: Callable | None = None,
@@ -281,56 +345,20 @@ def compress(model: nn.Module, calib_loader: Iterable | None = None, *, oracle: 
     ``fxquant.report(result)`` gives the :class:`~fxquant.reporting.report.CompressionReport`.
     """
     dtype = check_model(model, "fxquant.compress")
-    cfg = _search_config(config, options)
+    cfg = search_config(config, options)
     fxdist.check_request(distributed)
-    if oracle is None:
-        oracle = AccuracyOracle(calib_loader)
-        check_inputs([x for x, _ in oracle.batches], "calib_loader", dtype)
-    elif not callable(oracle):
-        raise ValueError(f"oracle must be callable(model) -> float, got {type(oracle).__name__}")
+    oracle = make_oracle(calib_loader, oracle, dtype)
     on_cuda = any(t.is_cuda for t in (*model.parameters(), *model.buffers()))
     with fxdist.session(distributed, cuda=on_cuda) as comm, _logs_on_main_rank(comm):
         # under torchrun: starts (and ends) its own process group; the other ranks stay quiet
         if verbose and (comm is None or comm.is_main):
             ensure_progress_output()
-        work = copy_model(model).eval()
-        gm = passes.trace(work, leaf_modules=leaf_modules, copy_model=False)
-        layers = passes.find_layers(gm)
-        passes.annotate_importance(gm, w_p=cfg.w_p, w_v=cfg.w_v, layers=layers)
-        chosen = select_layers(gm, layers, filter_fn)
-        _check_mapping(gm, chosen, mapping)
-        if keep_8bit is None:
-            keep = set()
-        elif callable(keep_8bit):
-            keep = {lay.name for lay in select_layers(gm, chosen, keep_8bit)}
-        else:
-            keep = {keep_8bit} if isinstance(keep_8bit, str) else set(keep_8bit)
-            unknown = sorted(keep - {lay.name for lay in layers})
-            if unknown:
-                raise ValueError(f"keep_8bit names no layer of the model: {unknown[:5]}")
-            excluded = sorted(keep - {lay.name for lay in chosen})
-            if excluded:
-                raise ValueError(f"keep_8bit names layers that filter_fn keeps float: {excluded[:5]}")
-        calib_inputs = None
-        if stats_loader is not None:
-            calib_inputs = calibration_inputs(stats_loader, cfg.quant.calib_samples, "stats_loader")
-            check_inputs(calib_inputs, "stats_loader", dtype)
-        elif calib_loader is not None and not isinstance(oracle, AccuracyOracle):
-            calib_inputs = calibration_inputs(calib_loader, cfg.quant.calib_samples)
-            check_inputs(calib_inputs, "calib_loader", dtype)
-        quantizer = layer_quantizer(gm, chosen, cfg, oracle, calib_inputs)
-        if quantizer.config.rounding == "gptq" and stats_loader is None and isinstance(oracle, AccuracyOracle):
-            log.warning("fxquant: GPTQ statistics come from the images the search scores; pass stats_loader= "
-                        "(other images, e.g. the rest of the training split) so the search cannot trust "
-                        "widths that only fit the calibration images")
-        sens_inputs = None  # the sensitivity method measures on the scored images (the oracle's, by default)
-        if cfg.resolved_method == "sensitivity" and not isinstance(oracle, AccuracyOracle):
-            source = calib_loader if calib_loader is not None else stats_loader
-            if source is not None:
-                # All of them: the subset is chosen by content (passes/sensitivity.py), not by position.
-                sens_inputs = calibration_inputs(source, 1 << 62, "calib_loader")
-        result = search_bits(gm, oracle, cfg, layers=chosen, keep_8bit=keep, verbose=verbose, comm=comm,
-                             quantizer=quantizer, sensitivity_inputs=sens_inputs)
+        prep = prepare_search(model, cfg, oracle, calib_loader=calib_loader, stats_loader=stats_loader,
+                              filter_fn=filter_fn, keep_8bit=keep_8bit, leaf_modules=leaf_modules,
+                              mapping=mapping, dtype=dtype)
+        gm, layers, quantizer = prep.gm, prep.layers, prep.quantizer
+        result = search_bits(gm, oracle, cfg, layers=prep.chosen, keep_8bit=prep.keep, verbose=verbose, comm=comm,
+                             quantizer=quantizer, sensitivity_inputs=prep.sensitivity_inputs)
     passes.rewrite(gm, result.bits, config=result.config.quant, mapping=mapping, layers=layers,
                    quantized=quantizer.chosen(result.bits))
     gm.meta["fxquant"] = result

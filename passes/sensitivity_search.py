@@ -51,7 +51,8 @@ from fxquant.passes.sensitivity import (canonical_batches, extrapolate, measure_
                                         reference_logprobs)
 from fxquant.schema import FrontierPoint, Layer, SearchConfig, SearchResult
 
-__all__ = ["search_sensitivity", "budget_sizes"]
+__all__ = ["search_sensitivity", "measure", "allocate", "Measurement", "CHOICE_FIELDS", "budget_sizes",
+           "check_budget", "frontier_point"]
 
 log = logging.getLogger("fxquant.search")
 
@@ -112,17 +113,66 @@ def _thin(points: tuple[Allocation, ...], k: int) -> list[int]:
     return picked
 
 
-def search_sensitivity(gm: fx.GraphModule, oracle, cfg: SearchConfig, *, all_layers: list[Layer],
-                       layers: list[Layer], keep_8bit, quantizer: LayerQuantizer,
-                       inputs: list[torch.Tensor] | None, verbose: bool = True, comm: Comm | None = None,
-                       t0: float | None = None) -> SearchResult:
-    """Search bit-widths with the sensitivity method; annotates ``node.meta`` in place (see module doc).
+@dataclasses.dataclass
+class Measurement:
+    """What every allocation of one model shares (:func:`measure`): the float value and each layer's
+    sensitivity at each width. :func:`allocate` chooses from it at any budget without measuring again;
+    :meth:`release` frees the evaluator's activations and restores the float weights."""
 
-    Float weights are restored before returning. ``inputs`` are the images the
-    sensitivities are measured on (default: the accuracy oracle's).
+    gm: fx.GraphModule
+    oracle: object
+    cfg: SearchConfig
+    all_layers: list[Layer]
+    layers: list[Layer]
+    searched: list[Layer]
+    kept: list[Layer]
+    quantizer: LayerQuantizer
+    inputs: list[torch.Tensor]
+    evaluator: GraphEvaluator
+    float_value: float
+    measured: dict[str, dict[int, float]]  # measured widths only
+    sens: dict[str, dict[int, float]]  # every candidate width
+    forwards: int  # layer-forwards of the sensitivity measurement
+    eval_forwards: int  # layer-forwards of the measurement's oracle calls
+    calls: int  # oracle calls of the measurement
+    seconds: float  # its time, the quantizer's statistics included
+    verbose: bool
+    comm: Comm | None
+
+    def release(self) -> None:
+        self.evaluator.release()
+        self.quantizer.restore()
+
+
+# Fields allocate() may change: they decide where to cut, not what is measured.
+CHOICE_FIELDS = ("target_bits", "max_bytes", "method", "t_init", "budget_checks", "accept_sigmas")
+
+
+def _emitter(verbose: bool, comm: Comm | None):
+    return log.info if verbose and (comm is None or comm.is_main) else log.debug
+
+
+def check_budget(cfg: SearchConfig, all_layers: list[Layer], searched: list[Layer], kept: list[Layer],
+                 quantizer: LayerQuantizer) -> tuple[list[list[int]], int, int | None, str]:
+    """:func:`budget_sizes`, raising ``ValueError`` (naming the smallest feasible budget) when infeasible."""
+    sizes, fixed, budget, unit = budget_sizes(cfg, all_layers, searched, kept, quantizer)
+    smallest = fixed + sum(row[0] for row in sizes)
+    if budget is not None and smallest > budget:
+        n_float = len(all_layers) - len(searched) - len(kept)
+        raise _infeasible(cfg, smallest, sum(lay.params for lay in all_layers), len(kept), n_float)
+    return sizes, fixed, budget, unit
+
+
+def measure(gm: fx.GraphModule, oracle, cfg: SearchConfig, *, all_layers: list[Layer], layers: list[Layer],
+            keep_8bit, quantizer: LayerQuantizer, inputs: list[torch.Tensor] | None, verbose: bool = True,
+            comm: Comm | None = None, t0: float | None = None, hardest_first: bool = False) -> Measurement:
+    """Evaluate the float model and measure every searched layer's sensitivity; edits no graph.
+
+    ``inputs`` are the images the sensitivities are measured on (default: the
+    accuracy oracle's); ``hardest_first`` re-batches the oracle's images first
+    (accuracy mode: rejected points stop early). The caller releases the result.
     """
     t0 = time.perf_counter() if t0 is None else t0
-    emit = log.info if verbose and (comm is None or comm.is_main) else log.debug
     if inputs is None and isinstance(oracle, AccuracyOracle):
         inputs = [x for x, _ in oracle.batches]
     if not inputs:
@@ -130,26 +180,72 @@ def search_sensitivity(gm: fx.GraphModule, oracle, cfg: SearchConfig, *, all_lay
                          "(or stats_loader) with a custom oracle, or use method='paper'")
     searched = [lay for lay in layers if lay.name not in keep_8bit]
     kept = [lay for lay in layers if lay.name in keep_8bit]
-    cands = cfg.candidates
-    sizes, fixed, budget, unit = budget_sizes(cfg, all_layers, searched, kept, quantizer)
-    total_params = sum(lay.params for lay in all_layers)
-    smallest = fixed + sum(row[0] for row in sizes)
-    if budget is not None and smallest > budget:
-        n_float = len(all_layers) - len(layers)
-        raise _infeasible(cfg, smallest, total_params, len(kept), n_float)
-
     evaluator = GraphEvaluator(gm, oracle, layers, fast=cfg.evaluation == "fast",
                                cache_bytes=int(cfg.cache_mb * 2**20), comm=comm)
     try:
-        if cfg.hardest_first and budget is None:
-            evaluator.order_hardest_first()  # rejected points stop after their first batches
+        if hardest_first:
+            evaluator.order_hardest_first()
         float_value, _ = evaluator.evaluate()
         measured, forwards, sens_seconds = measure_sensitivity(
-            gm, searched, quantizer, inputs, cands, samples=cfg.sensitivity_samples,
+            gm, searched, quantizer, inputs, cfg.candidates, samples=cfg.sensitivity_samples,
             cache_bytes=int(cfg.cache_mb * 2**20), verbose=verbose and (comm is None or comm.is_main))
-        sens = {name: extrapolate(m, cands) for name, m in measured.items()}
-        emit("fxquant search: sensitivities of %d layers in %.1f s", len(searched), sens_seconds)
-        front = pareto_frontier([[sens[lay.name][b] for b in cands] for lay in searched], sizes)
+    except BaseException:
+        evaluator.release()
+        quantizer.restore()
+        raise
+    _emitter(verbose, comm)("fxquant search: sensitivities of %d layers in %.1f s", len(searched), sens_seconds)
+    return Measurement(gm=gm, oracle=oracle, cfg=cfg, all_layers=all_layers, layers=layers, searched=searched,
+                       kept=kept, quantizer=quantizer, inputs=inputs, evaluator=evaluator,
+                       float_value=float_value, measured=measured,
+                       sens={name: extrapolate(m, cfg.candidates) for name, m in measured.items()},
+                       forwards=forwards, eval_forwards=evaluator.total_layer_forwards(), calls=evaluator.calls,
+                       seconds=time.perf_counter() - t0,
+                       verbose=verbose, comm=comm)
+
+
+def search_sensitivity(gm: fx.GraphModule, oracle, cfg: SearchConfig, *, all_layers: list[Layer],
+                       layers: list[Layer], keep_8bit, quantizer: LayerQuantizer,
+                       inputs: list[torch.Tensor] | None, verbose: bool = True, comm: Comm | None = None,
+                       t0: float | None = None) -> SearchResult:
+    """Search bit-widths with the sensitivity method; annotates ``node.meta`` in place (see module doc).
+
+    Float weights are restored before returning. ``inputs`` are the images the
+    sensitivities are measured on (default: the accuracy oracle's). Equals
+    :func:`measure` then :func:`allocate`.
+    """
+    t0 = time.perf_counter() if t0 is None else t0
+    check_budget(cfg, all_layers, [lay for lay in layers if lay.name not in keep_8bit],
+                 [lay for lay in layers if lay.name in keep_8bit], quantizer)  # before any measuring
+    m = measure(gm, oracle, cfg, all_layers=all_layers, layers=layers, keep_8bit=keep_8bit, quantizer=quantizer,
+                inputs=inputs, verbose=verbose, comm=comm, t0=t0, hardest_first=cfg.hardest_first and not cfg.budgeted)
+    try:
+        return allocate(m, cfg)
+    finally:
+        m.release()
+
+
+def allocate(m: Measurement, cfg: SearchConfig) -> SearchResult:
+    """Choose an allocation from a :class:`Measurement`; annotates ``m.gm``'s ``node.meta`` in place.
+
+    ``cfg`` may differ from the measured config only in :data:`CHOICE_FIELDS` (a budget, ``t_init``,
+    ...). Float weights are restored before returning; the measurement stays usable.
+    """
+    differ = [f.name for f in dataclasses.fields(cfg)
+              if f.name not in CHOICE_FIELDS and getattr(cfg, f.name) != getattr(m.cfg, f.name)]
+    if differ:
+        raise ValueError(f"allocate: the config differs from the measured one in {differ}; only "
+                         f"{list(CHOICE_FIELDS)} may change")
+    t_start = time.perf_counter()
+    emit = _emitter(m.verbose, m.comm)
+    gm, oracle, quantizer, evaluator = m.gm, m.oracle, m.quantizer, m.evaluator
+    searched, kept, all_layers, layers = m.searched, m.kept, m.all_layers, m.layers
+    calls0, forwards0 = evaluator.calls, evaluator.total_layer_forwards()
+    cands = cfg.candidates
+    sizes, fixed, budget, unit = check_budget(cfg, all_layers, searched, kept, quantizer)
+    total_params = sum(lay.params for lay in all_layers)
+    float_value = m.float_value
+    try:
+        front = pareto_frontier([[m.sens[lay.name][b] for b in cands] for lay in searched], sizes)
         points = front.points
 
         def set_point(p: Allocation) -> None:
@@ -184,7 +280,7 @@ def search_sensitivity(gm: fx.GraphModule, oracle, cfg: SearchConfig, *, all_lay
             # All the images, not the sensitivity subset: the rate pairs each point's KL with its top-1 drop,
             # and on the same images a draw's fragile images raise both (the replay in
             # docs/results/accuracy_mode_walk.md).
-            kl_batches = canonical_batches(inputs, 0)
+            kl_batches = canonical_batches(m.inputs, 0)
             quantizer.restore()
             ref = reference_logprobs(gm, kl_batches)
 
@@ -208,7 +304,6 @@ def search_sensitivity(gm: fx.GraphModule, oracle, cfg: SearchConfig, *, all_lay
             quantizer.apply(lay, cfg.baseline_bits)
         baseline, _ = evaluator.evaluate()
     finally:
-        evaluator.release()
         quantizer.restore()
 
     choice = points[chosen].choice
@@ -217,14 +312,16 @@ def search_sensitivity(gm: fx.GraphModule, oracle, cfg: SearchConfig, *, all_lay
     update_layer_infos(gm, {name: {"bits": b} for name, b in bits.items()})
     shown = set(_thin(points, 64)) | set(values)
     shown |= set(kls)
-    frontier = tuple(_frontier_point(cfg, quantizer, searched, kept, all_layers, p, values.get(i), i == chosen,
+    frontier = tuple(frontier_point(cfg, quantizer, searched, kept, all_layers, p, values.get(i), i == chosen,
                                      kls.get(i)) for i, p in enumerate(points) if i in shown)
+    layer_forwards = m.forwards + m.eval_forwards + evaluator.total_layer_forwards() - forwards0
     result = SearchResult(bits=bits, decisions=(), float_value=float_value, baseline_value=baseline,
-                          final_value=final_value, oracle_calls=evaluator.calls,
-                          layer_forwards=evaluator.total_layer_forwards() + forwards,
-                          seconds=time.perf_counter() - t0, evaluation="fast" if evaluator.fast else "naive",
-                          config=dataclasses.replace(cfg, quant=quantizer.config), method="sensitivity",
-                          sensitivity=measured, frontier=frontier)
+                          final_value=final_value, oracle_calls=m.calls + evaluator.calls - calls0,
+                          layer_forwards=layer_forwards,
+                          seconds=m.seconds + time.perf_counter() - t_start,
+                          evaluation="fast" if evaluator.fast else "naive",
+                          config=dataclasses.replace(cfg, quant=quantizer.config, method="sensitivity"),
+                          method="sensitivity", sensitivity=m.measured, frontier=frontier)
     emit("fxquant search: %s, %.3f average bits, oracle %.3f (float %.3f, all-%d-bit %.3f), %d frontier "
          "points (%d checked), %d oracle calls, %.1f s",
          f"budget {budget + 0} {unit}" if budget is not None else f"t_init {cfg.t_init:g}",
@@ -233,8 +330,9 @@ def search_sensitivity(gm: fx.GraphModule, oracle, cfg: SearchConfig, *, all_lay
     return result
 
 
-def _frontier_point(cfg, quantizer, searched, kept, all_layers, p: Allocation, value, chosen,
-                    kl=None) -> FrontierPoint:
+def frontier_point(cfg, quantizer, searched, kept, all_layers, p: Allocation, value, chosen,
+                   kl=None) -> FrontierPoint:
+    """The report's view of frontier allocation ``p``: eq. 5 average bits, bytes, and what was measured."""
     widths = {lay.name: cfg.candidates[o] for lay, o in zip(searched, p.choice)}
     widths.update({lay.name: cfg.baseline_bits for lay in kept})
     total = sum(lay.params for lay in all_layers)
