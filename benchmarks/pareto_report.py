@@ -116,6 +116,28 @@ def verdicts(entry: dict) -> list[dict]:
     return out
 
 
+def default_comparison(entry: dict) -> str | None:
+    """Accuracy mode against the paper's adaptive search (the default without a budget) on the same draws:
+    the evidence for item 1's "make it the default if it wins"; None until both ran on a common draw."""
+    ours = {r["draw"]: r for k, r in entry["rows"].items() if k.startswith("fxquant_accuracy/")}
+    paper = {r["draw"]: r for k, r in entry["rows"].items() if k.startswith("paper_adaptive/")}
+    common = sorted(set(ours) & set(paper))
+    if not common:
+        return None
+
+    def med(rows, key):
+        return statistics.median(rows[d][key] for d in common)
+
+    def spread(rows):
+        bits = [rows[d]["avg_bits"] for d in common]
+        return max(bits) / min(bits)
+
+    return (f"accuracy mode vs the paper's adaptive search on draws {', '.join(map(str, common))}: median bits "
+            f"{med(ours, 'avg_bits'):.2f} vs {med(paper, 'avg_bits'):.2f}, bits max/min {spread(ours):.2f} vs "
+            f"{spread(paper):.2f}, median test accuracy {med(ours, 'test_acc'):.2f} vs {med(paper, 'test_acc'):.2f}, "
+            f"median search {med(ours, 'search_seconds'):.0f} vs {med(paper, 'search_seconds'):.0f} s")
+
+
 def _fmt(s: dict, spec: str) -> str:
     return f"{s['median']:{spec}} ({s['min']:{spec}}–{s['max']:{spec}})"
 
@@ -158,6 +180,9 @@ def markdown(data: dict, figure_drawn: bool = True) -> str:
         for v in verdicts(entry):
             mark = "not measured" if v["ok"] is None else ("**met**" if v["ok"] else "**missed**")
             lines.append(f"* {v['target']}: {v['value'] or '–'} — {mark}")
+        versus = default_comparison(entry)
+        if versus:
+            lines += ["", f"Default method (no budget): {versus}."]
         lines.append("")
     if figure_drawn:
         lines += ["![accuracy vs bits](img/pareto.png)", "",

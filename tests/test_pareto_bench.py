@@ -115,6 +115,17 @@ def test_verdicts_follow_the_numbers():
     assert line["ok"] is None and "2 outside the measured widths" in line["value"]  # nothing compared: no pass
 
 
+def test_the_default_is_compared_on_common_draws():
+    rows = {"fxquant_accuracy/acc/draw0": {"draw": 0, "avg_bits": 1.4, "test_acc": 96.4, "search_seconds": 180},
+            "fxquant_accuracy/acc/draw1": {"draw": 1, "avg_bits": 1.3, "test_acc": 96.3, "search_seconds": 190},
+            "paper_adaptive/acc/draw1": {"draw": 1, "avg_bits": 2.0, "test_acc": 96.6, "search_seconds": 160}}
+    text = pareto_report.default_comparison({"rows": rows})
+    assert text.startswith("accuracy mode vs the paper's adaptive search on draws 1: median bits 1.30 vs 2.00")
+    assert "bits max/min 1.00 vs 1.00" in text and "96.30 vs 96.60" in text and "190 vs 160 s" in text
+    del rows["paper_adaptive/acc/draw1"]
+    assert pareto_report.default_comparison({"rows": rows}) is None
+
+
 def test_an_incomplete_run_names_only_what_is_missing():
     rows = {f"uniform/w{b}/draw{d}": {"test_acc": 90 + b, "avg_bits": b, "search_seconds": 0}
             for b in (2, 4) for d in (0, 1)}
