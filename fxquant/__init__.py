@@ -17,7 +17,7 @@ from fxquant.engine.oracle import AccuracyOracle
 from fxquant.nn.storage import WeightStorage, state_dict_bytes, weight_storage
 from fxquant.core.quantizer import QuantizedWeight, dequantize, fake_quantize, quantize_weight
 from fxquant.api import compress, quantizable_layers, quantize
-from fxquant.explore import Exploration, explore
+from fxquant.exploration import Exploration, explore
 from fxquant.fileformat.saveload import FxqFormatError, load, save
 from fxquant.export.onnx import export_onnx
 from fxquant.reporting.draw import draw

@@ -221,13 +221,14 @@ def _check_from_float(qcls, layer_name: str, owner: nn.Module) -> None:
         pass  # no introspectable signature (e.g. a builtin): the call itself will tell
 
 
-def search_config(config: SearchConfig | None, options: dict) -> SearchConfig:
+def search_config(config: SearchConfig | None, options: dict, who: str = "compress") -> SearchConfig:
+    """``config`` (default ``SearchConfig()``) with ``options`` applied; errors name ``who``'s arguments."""
     if config is not None and not isinstance(config, SearchConfig):
-        raise ValueError(f"config must be a SearchConfig, got {type(config).__name__}")
+        raise ValueError(f"{who}: config must be a SearchConfig, got {type(config).__name__}")
     known = {f.name for f in dataclasses.fields(SearchConfig)}
     unknown = sorted(set(options) - known)
     if unknown:
-        raise ValueError(f"unknown compress option(s) {unknown}; options are {sorted(known)}")
+        raise ValueError(f"unknown {who} option(s) {unknown}; options are {sorted(known)}")
     return dataclasses.replace(config or SearchConfig(), **options)
 
 

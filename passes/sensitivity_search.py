@@ -145,7 +145,16 @@ class Measurement:
 
 
 # Fields allocate() may change: they decide where to cut, not what is measured.
-CHOICE_FIELDS = ("target_bits", "max_bytes", "method", "t_init", "budget_checks", "accept_sigmas")
+CHOICE_FIELDS = ("target_bits", "max_bytes", "t_init", "budget_checks", "accept_sigmas")
+
+
+def _sensitivity_inputs(oracle, inputs: list[torch.Tensor] | None) -> list[torch.Tensor]:
+    if inputs is None and isinstance(oracle, AccuracyOracle):
+        inputs = [x for x, _ in oracle.batches]
+    if not inputs:
+        raise ValueError("method='sensitivity' measures each layer on calibration inputs: pass calib_loader "
+                         "(or stats_loader) with a custom oracle, or use method='paper'")
+    return inputs
 
 
 def _emitter(verbose: bool, comm: Comm | None):
@@ -173,11 +182,7 @@ def measure(gm: fx.GraphModule, oracle, cfg: SearchConfig, *, all_layers: list[L
     (accuracy mode: rejected points stop early). The caller releases the result.
     """
     t0 = time.perf_counter() if t0 is None else t0
-    if inputs is None and isinstance(oracle, AccuracyOracle):
-        inputs = [x for x, _ in oracle.batches]
-    if not inputs:
-        raise ValueError("method='sensitivity' measures each layer on calibration inputs: pass calib_loader "
-                         "(or stats_loader) with a custom oracle, or use method='paper'")
+    inputs = _sensitivity_inputs(oracle, inputs)
     searched = [lay for lay in layers if lay.name not in keep_8bit]
     kept = [lay for lay in layers if lay.name in keep_8bit]
     evaluator = GraphEvaluator(gm, oracle, layers, fast=cfg.evaluation == "fast",
@@ -214,6 +219,7 @@ def search_sensitivity(gm: fx.GraphModule, oracle, cfg: SearchConfig, *, all_lay
     :func:`measure` then :func:`allocate`.
     """
     t0 = time.perf_counter() if t0 is None else t0
+    inputs = _sensitivity_inputs(oracle, inputs)  # the errors in the order they always came: inputs, budget
     check_budget(cfg, all_layers, [lay for lay in layers if lay.name not in keep_8bit],
                  [lay for lay in layers if lay.name in keep_8bit], quantizer)  # before any measuring
     m = measure(gm, oracle, cfg, all_layers=all_layers, layers=layers, keep_8bit=keep_8bit, quantizer=quantizer,
@@ -224,11 +230,13 @@ def search_sensitivity(gm: fx.GraphModule, oracle, cfg: SearchConfig, *, all_lay
         m.release()
 
 
-def allocate(m: Measurement, cfg: SearchConfig) -> SearchResult:
+def allocate(m: Measurement, cfg: SearchConfig, verbose: bool | None = None) -> SearchResult:
     """Choose an allocation from a :class:`Measurement`; annotates ``m.gm``'s ``node.meta`` in place.
 
     ``cfg`` may differ from the measured config only in :data:`CHOICE_FIELDS` (a budget, ``t_init``,
-    ...). Float weights are restored before returning; the measurement stays usable.
+    ...); every call writes every layer's bits, so nothing of an earlier call remains. Float weights
+    are restored before returning; the measurement stays usable. ``verbose`` (default: the
+    measurement's) applies to this call only.
     """
     differ = [f.name for f in dataclasses.fields(cfg)
               if f.name not in CHOICE_FIELDS and getattr(cfg, f.name) != getattr(m.cfg, f.name)]
@@ -236,7 +244,7 @@ def allocate(m: Measurement, cfg: SearchConfig) -> SearchResult:
         raise ValueError(f"allocate: the config differs from the measured one in {differ}; only "
                          f"{list(CHOICE_FIELDS)} may change")
     t_start = time.perf_counter()
-    emit = _emitter(m.verbose, m.comm)
+    emit = _emitter(m.verbose if verbose is None else verbose, m.comm)
     gm, oracle, quantizer, evaluator = m.gm, m.oracle, m.quantizer, m.evaluator
     searched, kept, all_layers, layers = m.searched, m.kept, m.all_layers, m.layers
     calls0, forwards0 = evaluator.calls, evaluator.total_layer_forwards()
@@ -321,7 +329,8 @@ def allocate(m: Measurement, cfg: SearchConfig) -> SearchResult:
                           seconds=m.seconds + time.perf_counter() - t_start,
                           evaluation="fast" if evaluator.fast else "naive",
                           config=dataclasses.replace(cfg, quant=quantizer.config, method="sensitivity"),
-                          method="sensitivity", sensitivity=m.measured, frontier=frontier)
+                          method="sensitivity", sensitivity={k: dict(v) for k, v in m.measured.items()},
+                          frontier=frontier)
     emit("fxquant search: %s, %.3f average bits, oracle %.3f (float %.3f, all-%d-bit %.3f), %d frontier "
          "points (%d checked), %d oracle calls, %.1f s",
          f"budget {budget + 0} {unit}" if budget is not None else f"t_init {cfg.t_init:g}",

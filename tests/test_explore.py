@@ -1,5 +1,7 @@
 """fxquant.explore: one measurement, any number of budgets, each the model compress would return."""
 
+import dataclasses
+import logging
 import re
 
 import pytest
@@ -26,10 +28,10 @@ def test_each_budget_gives_what_compress_gives(setup, budget):
     ref = fxquant.compress(model, calib, stats_loader=stats, verbose=False, keep_8bit={"8"}, **budget)
     got = ex.compress(**budget)
     r, g = ref.meta["fxquant"], got.meta["fxquant"]
-    assert g.bits == r.bits and g.final_value == r.final_value and g.baseline_value == r.baseline_value
-    assert g.sensitivity == r.sensitivity and g.frontier == r.frontier
-    assert (g.oracle_calls, g.layer_forwards) == (r.oracle_calls, r.layer_forwards)  # counted as one compress call
+    # every field (widths, values, frontier, config, oracle calls and layer-forwards counted as one call)
+    assert dataclasses.replace(g, seconds=r.seconds) == r
     assert g.seconds >= ex.measure_seconds
+    assert g.sensitivity is not ex.sensitivity and g.sensitivity == ex.sensitivity
     with torch.no_grad():
         assert torch.equal(got(x[:16]), ref(x[:16]))  # same packed weights, same graph
     rep = fxquant.report(got)
@@ -70,14 +72,20 @@ def test_errors_name_the_argument(setup):
         fxquant.explore(model, calib, stats_loader=stats, target_bits=2.0)
     with pytest.raises(ValueError, match="method='paper' has no budget mode"):
         fxquant.explore(model, calib, stats_loader=stats, method="paper")
-    with pytest.raises(ValueError, match="unknown compress option"):
+    with pytest.raises(ValueError, match="unknown explore option"):
         fxquant.explore(model, calib, stats_loader=stats, budget=2)
 
 
-def test_a_closed_exploration_refuses():
+def test_verbose_is_per_call_and_a_closed_exploration_refuses(caplog):
     model = small_cnn(1)
     x, y, stats = data(model, n=64)
     with fxquant.explore(model, batched(x, y, 32), stats_loader=stats, verbose=False) as ex:
-        ex.compress(target_bits=3.0)
-    with pytest.raises(ValueError, match="closed"):
-        ex.compress(target_bits=3.0)
+        with caplog.at_level(logging.INFO, logger="fxquant.search"):
+            ex.compress(target_bits=3.0, verbose=True)
+            loud = len(caplog.records)
+            ex.compress(target_bits=3.0)  # back to explore's verbose=False
+        assert loud >= 1 and len(caplog.records) == loud
+    for call in (lambda: ex.compress(target_bits=3.0), ex.frontier, lambda: ex.sensitivity):
+        with pytest.raises(ValueError, match="closed"):
+            call()
+    ex.close()  # twice is fine

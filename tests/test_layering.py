@@ -19,7 +19,7 @@ LAYERS = (
     ("schema/engine", ("fxquant.schema", "fxquant.engine")),
     ("passes", ("fxquant.passes",)),
     ("fileformat/reporting/data", ("fxquant.fileformat", "fxquant.reporting", "fxquant.data")),
-    ("api/cli/demo", ("fxquant.api", "fxquant.explore", "fxquant.cli", "fxquant.demo", "fxquant.__main__", "fxquant")),
+    ("api/cli/demo", ("fxquant.api", "fxquant.exploration", "fxquant.cli", "fxquant.demo", "fxquant.__main__", "fxquant")),
 )
 MAX_LINES = 450
 
