@@ -110,12 +110,9 @@ def study_draw(model, calib, stats, test, log=print) -> dict:
 
 def draw_loaders(splits, seed: int, d: int) -> tuple:
     """(calibration, statistics, test) loaders of calibration draw ``d``, as ``benchmarks/pareto.py`` draws them."""
-    from fxquant.data.eurosat import calibration_indices
+    from benchmarks.pareto import draw_indices
 
-    labels, train_idx = splits.arrays.labels, splits.train_idx
-    calib_idx = calibration_indices(labels, train_idx, CALIB_SIZE, seed + d)
-    rest = train_idx[~torch.isin(train_idx, calib_idx)]
-    stats_idx = calibration_indices(labels, rest, STATS_SIZE, seed + d + 1)
+    calib_idx, stats_idx = draw_indices(splits, seed, d, CALIB_SIZE, STATS_SIZE)
     return splits.loader(calib_idx), splits.loader(stats_idx), splits.loader(splits.test_idx)
 
 

@@ -13,7 +13,8 @@ Methods (``--methods``): ``uniform`` (every layer at 1..6 and 8 bits), ``paper_f
 ``paper_adaptive`` (the paper's greedy, T_init 0.5), ``hawq`` / ``zeroq`` (baselines in
 ``benchmarks/baselines.py``, knapsack at each budget), ``fxquant_budget``
 (``compress(target_bits=B)``, run as ``fxquant.explore(...).compress(target_bits=B)``: the
-same model from one measurement per draw; each row's search seconds count that measurement) and ``fxquant_accuracy`` (``method="sensitivity"``, T_init 0.5).
+same model from one measurement per draw; each row's search seconds count that measurement)
+and ``fxquant_accuracy`` (``method="sensitivity"``, T_init 0.5).
 Every method uses the same quantizer (GPTQ + bias correction, statistics from 1,024
 training images disjoint from the draw's calibration images), so only the allocation
 differs. Draw ``d`` takes its 2,000 calibration images from the training split with
@@ -68,6 +69,16 @@ def plan(methods, budgets, draws) -> list[tuple[str, str, int, float | int | Non
             else:
                 out.append((f"{m}/acc/draw{d}", m, d, None))
     return out
+
+
+def draw_indices(splits, seed: int, d: int, n_calib: int = CALIB_SIZE, n_stats: int = STATS_SIZE) -> tuple:
+    """(calibration, statistics) training-image indices of draw ``d``: stratified, disjoint."""
+    from fxquant.data.eurosat import calibration_indices
+
+    labels, train_idx = splits.arrays.labels, splits.train_idx
+    calib_idx = calibration_indices(labels, train_idx, n_calib, seed + d)
+    rest = train_idx[~torch.isin(train_idx, calib_idx)]
+    return calib_idx, calibration_indices(labels, rest, n_stats, seed + d + 1)
 
 
 def measure(gm, test) -> dict:
@@ -276,7 +287,7 @@ def main(argv=None) -> int:
     path = args.out / "pareto.json"
     if not args.report:
         from examples.eurosat.common import checkpoint_path, load_trained
-        from fxquant.data.eurosat import calibration_indices, eurosat_available, eurosat_splits
+        from fxquant.data.eurosat import eurosat_available, eurosat_splits
 
         if args.threads:
             torch.set_num_threads(args.threads)
@@ -286,7 +297,7 @@ def main(argv=None) -> int:
         model, meta = load_trained(args.model, path=ckpt)
         seed = meta.get("split_seed", 0)
         splits = eurosat_splits(args.root, seed=seed)
-        labels, train_idx, test_idx = splits.arrays.labels, splits.train_idx, splits.test_idx
+        train_idx, test_idx = splits.train_idx, splits.test_idx
         n_calib, n_stats = (min(args.limit, CALIB_SIZE), min(args.limit, STATS_SIZE)) if args.limit \
             else (CALIB_SIZE, STATS_SIZE)
         if args.limit:
@@ -294,9 +305,7 @@ def main(argv=None) -> int:
             test_idx = test_idx[torch.randperm(test_idx.numel(), generator=gen)[:args.limit]].sort().values
         draws = {}
         for d in range(args.draws):
-            calib_idx = calibration_indices(labels, train_idx, n_calib, seed + d)
-            rest = train_idx[~torch.isin(train_idx, calib_idx)]
-            stats_idx = calibration_indices(labels, rest, n_stats, seed + d + 1)
+            calib_idx, stats_idx = draw_indices(splits, seed, d, n_calib, n_stats)
             assert not set(stats_idx.tolist()) & set(calib_idx.tolist())
             draws[d] = (splits.loader(calib_idx), splits.loader(stats_idx))
         assert not set(test_idx.tolist()) & set(train_idx.tolist())

@@ -21,7 +21,6 @@ from torch import fx, nn
 
 from fxquant import passes
 from fxquant.api import FilterFn, check_model, make_oracle, prepare_search, search_config, warn_float_weights
-from fxquant.core.allocate import pareto_frontier
 from fxquant.engine import distributed as fxdist
 from fxquant.logs import ensure_progress_output
 from fxquant.passes.sensitivity_search import Measurement, allocate, budget_sizes, frontier_point, measure
@@ -68,9 +67,8 @@ class Exploration:
         m = self._open()
         cfg = dataclasses.replace(m.cfg, target_bits=None, max_bytes=None)
         sizes, _, _, _ = budget_sizes(cfg, m.all_layers, m.searched, m.kept, m.quantizer)
-        points = pareto_frontier([[m.sens[lay.name][b] for b in cfg.candidates] for lay in m.searched], sizes).points
         return tuple(frontier_point(cfg, m.quantizer, m.searched, m.kept, m.all_layers, p, None, False)
-                     for p in points)
+                     for p in m.frontier(sizes).points)
 
     def compress(self, *, target_bits: float | None = None, max_bytes: int | None = None,
                  budget_checks: int | None = None, verbose: bool | None = None) -> fx.GraphModule:

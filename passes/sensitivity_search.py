@@ -139,6 +139,11 @@ class Measurement:
     verbose: bool
     comm: Comm | None
 
+    def frontier(self, sizes: list[list[int]]):
+        """The exact size/sensitivity Pareto frontier for ``sizes`` (per searched layer and candidate)."""
+        return pareto_frontier([[self.sens[lay.name][b] for b in self.cfg.candidates] for lay in self.searched],
+                               sizes)
+
     def release(self) -> None:
         self.evaluator.release()
         self.quantizer.restore()
@@ -253,8 +258,7 @@ def allocate(m: Measurement, cfg: SearchConfig, verbose: bool | None = None) -> 
     total_params = sum(lay.params for lay in all_layers)
     float_value = m.float_value
     try:
-        front = pareto_frontier([[m.sens[lay.name][b] for b in cands] for lay in searched], sizes)
-        points = front.points
+        points = m.frontier(sizes).points
 
         def set_point(p: Allocation) -> None:
             for lay, o in zip(searched, p.choice):
