@@ -56,7 +56,7 @@ def _worker(args) -> int:
         if dist.is_initialized():
             dist.barrier()
         t0 = time.perf_counter()
-        q = fxquant.compress(model, calib, stats_loader=stats, margin=args.margin,
+        q = fxquant.compress(model, calib, stats_loader=stats, method="paper", margin=args.margin,
                              candidates=tuple(args.candidates), verbose=args.verbose)
         if dist.is_initialized():
             dist.barrier()

@@ -14,7 +14,7 @@ SCHEMA = "fxquant-pareto-1"
 LABELS = {"uniform": "uniform widths", "paper_fixed": "paper search, fixed margin",
           "paper_adaptive": "paper search, adaptive margin", "hawq": "HAWQ-v2-style", "zeroq": "ZeroQ-style",
           "fxquant_budget": "fxquant budget mode (target_bits)",
-          "fxquant_accuracy": "fxquant sensitivity, accuracy mode"}
+          "fxquant_accuracy": "fxquant default: sensitivity, accuracy mode"}
 TARGET_SECONDS = 100.0
 MIN_PLOTTED_ROWS = 5
 FIGURE_MAX_BITS, FIGURE_MAX_DROP = 4.0, 1.5
@@ -117,8 +117,8 @@ def verdicts(entry: dict) -> list[dict]:
 
 
 def default_comparison(entry: dict) -> str | None:
-    """Accuracy mode against the paper's adaptive search (the default without a budget) on the same draws:
-    the evidence for item 1's "make it the default if it wins"; None until both ran on a common draw."""
+    """Accuracy mode against the paper's adaptive search on the same draws: the evidence on which accuracy
+    mode became the default (issue 15 item 1, 2026-12-03); None until both ran on a common draw."""
     ours = {r["draw"]: r for k, r in entry["rows"].items() if k.startswith("fxquant_accuracy/")}
     paper = {r["draw"]: r for k, r in entry["rows"].items() if k.startswith("paper_adaptive/")}
     common = sorted(set(ours) & set(paper))
@@ -182,7 +182,7 @@ def markdown(data: dict, figure_drawn: bool = True) -> str:
             lines.append(f"* {v['target']}: {v['value'] or '–'} — {mark}")
         versus = default_comparison(entry)
         if versus:
-            lines += ["", f"Default method (no budget): {versus}."]
+            lines += ["", f"Default method (accuracy mode since 2026-12-03; the paper's search before): {versus}."]
         lines.append("")
     if figure_drawn:
         lines += ["![accuracy vs bits](img/pareto.png)", "",

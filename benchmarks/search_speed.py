@@ -48,7 +48,8 @@ def main(argv=None) -> int:
     runs = {}
     for evaluation in ("naive", "fast"):
         t0 = time.perf_counter()
-        q = fxquant.compress(model, calib, stats_loader=stats, margin=args.margin, evaluation=evaluation,
+        q = fxquant.compress(model, calib, stats_loader=stats, method="paper", margin=args.margin,
+                             evaluation=evaluation,
                              verbose=True)
         wall = time.perf_counter() - t0
         result = q.meta["fxquant"]

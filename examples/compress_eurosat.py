@@ -1,7 +1,8 @@
 """Compress a EuroSAT-trained classifier with fxquant and print the report.
 
     python examples/eurosat/train.py --model resnet18          # once: trains and caches a checkpoint
-    python examples/compress_eurosat.py --model resnet18 [--margin adaptive|fixed] [--t-init 0.5]
+    python examples/compress_eurosat.py --model resnet18 [--t-init 0.5] [--target-bits B]
+    python examples/compress_eurosat.py --model resnet18 --method paper [--margin adaptive|fixed]
 
 The search sees only the calibration images carved out of the training split;
 the held-out test split (20%, stratified, seed 0) is used once at the end to
@@ -28,10 +29,15 @@ def main(argv=None) -> int:
     parser.add_argument("--model", default="resnet18")
     parser.add_argument("--checkpoint", type=Path, help="default: the cache path train.py writes")
     parser.add_argument("--root", help="EuroSAT root (default ../shared/data)")
-    parser.add_argument("--margin", default="adaptive", choices=["adaptive", "fixed"])
-    parser.add_argument("--t-init", type=float, default=0.5)
-    parser.add_argument("--importance-scale", default="none", choices=["none", "max"],
-                        help="eq. 4 with Importance as is (paper, literal) or divided by its maximum")
+    parser.add_argument("--method", default="auto", choices=["auto", "sensitivity", "paper"],
+                        help="the sensitivity search (auto, the default) or the paper's greedy")
+    parser.add_argument("--target-bits", type=float, help="budget mode: eq. 5 average bits <= B")
+    parser.add_argument("--t-init", type=float, default=0.5,
+                        help="allowed calibration accuracy drop, points (--method paper: eq. 4's T_init)")
+    parser.add_argument("--margin", choices=["adaptive", "fixed"], help="--method paper only (default adaptive)")
+    parser.add_argument("--importance-scale", choices=["none", "max"],
+                        help="--method paper only: eq. 4 with Importance as is (paper, literal, the default) "
+                             "or divided by its maximum")
     parser.add_argument("--calib-size", type=int, default=2000)
     parser.add_argument("--report", type=Path, help="also write the report JSON here")
     args = parser.parse_args(argv)
@@ -40,8 +46,10 @@ def main(argv=None) -> int:
     model, meta = load_trained(args.model, path=args.checkpoint)
     splits = eurosat_splits(args.root, seed=meta.get("split_seed", 0), calib_size=args.calib_size)
     # GPTQ statistics from other training images: the search must not score the images they fit.
-    qmodel = fxquant.compress(model, splits.calib_loader(), stats_loader=splits.stats_loader(), margin=args.margin,
-                              t_init=args.t_init, importance_scale=args.importance_scale)
+    paper_options = {k: v for k, v in (("margin", args.margin), ("importance_scale", args.importance_scale))
+                     if v is not None}  # given without --method paper: SearchConfig says so
+    qmodel = fxquant.compress(model, splits.calib_loader(), stats_loader=splits.stats_loader(), method=args.method,
+                              t_init=args.t_init, target_bits=args.target_bits, **paper_options)
     report = fxquant.report(qmodel)
     print(report.to_text())
     test = fxquant.AccuracyOracle(splits.test_loader())

@@ -66,7 +66,7 @@ def main() -> None:
     print("layers:", fxquant.quantizable_layers(model))
     for bits in (8, 4, 2):
         print(f"fixed {bits}-bit: test accuracy {test(fxquant.quantize(model, bits)):.2f}%")
-    qmodel = fxquant.compress(model, calib, margin="adaptive", verbose=False)
+    qmodel = fxquant.compress(model, calib, verbose=False)
     report = fxquant.report(qmodel)
     print(report.to_text())
     print(f"float test accuracy {test(model):.2f}% -> compressed {test(qmodel):.2f}% "

@@ -72,7 +72,8 @@ def main(argv=None) -> int:
     parser.add_argument("--model", default="resnet18")
     parser.add_argument("--checkpoint", type=Path, help="default: the cache path train.py writes")
     parser.add_argument("--root", help="EuroSAT root (default ../shared/data)")
-    parser.add_argument("--margin", default="adaptive", choices=["adaptive", "fixed"])
+    parser.add_argument("--method", default="auto", choices=["auto", "sensitivity", "paper"])
+    parser.add_argument("--margin", choices=["adaptive", "fixed"], help="--method paper only (default adaptive)")
     parser.add_argument("--t-init", type=float, default=0.5)
     parser.add_argument("--calib-size", type=int, default=2000)
     parser.add_argument("--batch-size", type=int, default=256, help="calibration batch size: each rank "
@@ -94,8 +95,9 @@ def main(argv=None) -> int:
         calib = [(x.to(device), y.to(device)) for x, y in splits.calib_loader(batch_size=args.batch_size)]
         # The same model and the same full calibration list on every rank: fxquant shards it itself.
         stats = [(x.to(device), y.to(device)) for x, y in splits.stats_loader(batch_size=args.batch_size)]
-        qmodel = fxquant.compress(model.to(device), calib, stats_loader=stats, margin=args.margin,
-                                  t_init=args.t_init, candidates=tuple(args.candidates))
+        qmodel = fxquant.compress(model.to(device), calib, stats_loader=stats, method=args.method,
+                                  t_init=args.t_init, candidates=tuple(args.candidates),
+                                  **({"margin": args.margin} if args.margin else {}))
         if main_rank:
             _outputs(args, model, qmodel, splits, device)
         if dist.is_initialized():

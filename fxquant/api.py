@@ -320,10 +320,14 @@ def compress(model: nn.Module, calib_loader: Iterable | None = None, *, oracle: 
             bias correction from ``calib_loader``'s inputs (statistics measured
             once on the float model); ``quant=QuantConfig(rounding="nearest",
             bias_correction=False)`` gives plain rounding.
-            ``method="paper"`` is the paper's greedy; ``method="sensitivity"``
-            measures each layer's sensitivity per width (mean KL of the logits
-            against the float model) and allocates globally; ``"auto"`` (default)
-            is ``"sensitivity"`` when a budget is given, else ``"paper"``.
+            ``method="sensitivity"`` (and ``"auto"``, the default) measures each
+            layer's sensitivity per width (mean KL of the logits against the
+            float model) and allocates globally: without a budget, the smallest
+            model whose calibration accuracy drop stays within ``t_init`` with a
+            statistical margin. ``method="paper"`` is the paper's greedy (eq. 4
+            margins; ``margin``, ``importance_scale``, ``edge_factor`` and
+            ``strategy`` steer only it); ``"auto"`` runs it for a custom oracle
+            given without ``calib_loader`` or ``stats_loader`` and no budget.
             Budget mode: ``target_bits=B`` (eq. 5 average ``<= B``) or
             ``max_bytes=N`` (packed weights + scales + zero points ``<= N``) gives
             the most accurate allocation found within the budget; an infeasible

@@ -9,7 +9,7 @@ any pass, and lets the passes depend on nothing above the numeric core.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 
 from fxquant.core.config import QuantConfig, check_bits, is_bit_width
 
@@ -92,6 +92,7 @@ SCALES = ("none", "max")
 STRATEGIES = ("sequential", "bisect")
 EVALUATIONS = ("fast", "naive")
 METHODS = ("auto", "paper", "sensitivity")
+PAPER_ONLY = ("margin", "importance_scale", "edge_factor", "strategy")  # fields only the paper's greedy reads
 
 
 @dataclass(frozen=True)
@@ -112,7 +113,8 @@ class SearchConfig:
     cache_mb: float = 4096  # activations kept by fast evaluation for layers searched later
     hardest_first: bool = True  # re-batch calibration samples least-confident-first (see evaluate.py)
     # "paper": the greedy of section 2.2; "sensitivity": measured per-layer sensitivities allocated
-    # globally (passes/sensitivity.py); "auto": "sensitivity" when a budget is given, else "paper".
+    # globally (passes/sensitivity_search.py); "auto": "sensitivity", or "paper" when a custom oracle
+    # comes without calibration inputs to measure sensitivities on (search_bits resolves it).
     method: str = "auto"
     target_bits: float | None = None  # budget: eq. 5 average bits <= target_bits (sensitivity method)
     max_bytes: int | None = None  # budget: packed weight + scale + zero-point bytes <= max_bytes
@@ -151,6 +153,13 @@ class SearchConfig:
         if self.method == "paper" and self.budgeted:
             raise ValueError("SearchConfig: method='paper' has no budget mode; use method='sensitivity' "
                              "(or 'auto') with target_bits/max_bytes")
+        if self.method != "paper":
+            # Ignoring them would hand back a model the caller did not ask for, silently.
+            steered = [f"{f.name}={getattr(self, f.name)!r}" for f in fields(self)
+                       if f.name in PAPER_ONLY and getattr(self, f.name) != f.default]
+            if steered:
+                raise ValueError(f"SearchConfig: {', '.join(steered)} only steer(s) method='paper' (the paper's "
+                                 f"greedy), not method={self.method!r}, the sensitivity search; pass method='paper'")
         for label, value, low in (("sensitivity_samples", self.sensitivity_samples, 0),
                                   ("budget_checks", self.budget_checks, 1)):
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
@@ -167,10 +176,12 @@ class SearchConfig:
 
     @property
     def resolved_method(self) -> str:
-        """``method`` with "auto" resolved ("sensitivity" with a budget, else "paper")."""
-        if self.method != "auto":
-            return self.method
-        return "sensitivity" if self.budgeted else "paper"
+        """``method`` with "auto" resolved when inputs exist to measure on: "sensitivity".
+
+        The one exception (a custom oracle, no budget, no calibration inputs) is
+        resolved by :func:`fxquant.passes.search_bits`, which knows the inputs.
+        """
+        return "sensitivity" if self.method == "auto" else self.method
 
 
 @dataclass(frozen=True)

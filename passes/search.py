@@ -85,9 +85,12 @@ def search_bits(gm: fx.GraphModule, oracle, config: SearchConfig | None = None, 
     return the same result, and only rank 0 logs progress.
 
     ``config.method`` picks the algorithm: ``"paper"`` is the greedy above;
-    ``"sensitivity"`` (and ``"auto"`` with a budget) is
+    ``"sensitivity"`` (and ``"auto"``) is
     :func:`fxquant.passes.sensitivity_search.search_sensitivity`, measuring
     sensitivities on ``sensitivity_inputs`` (default: the accuracy oracle's inputs).
+    ``"auto"`` without a budget, with a custom oracle and no ``sensitivity_inputs``
+    has nothing to measure on and runs the paper's greedy (logged; the result's
+    ``config.method`` says which ran).
     """
     cfg = config or SearchConfig()
     t0 = time.perf_counter()
@@ -101,7 +104,13 @@ def search_bits(gm: fx.GraphModule, oracle, config: SearchConfig | None = None, 
     else:
         t0 -= quantizer.setup_seconds  # its statistics are part of the search's cost
     set_bits = quantizer.apply
-    if cfg.resolved_method == "sensitivity":
+    method = cfg.resolved_method
+    if cfg.method == "auto" and not cfg.budgeted and sensitivity_inputs is None \
+            and not isinstance(oracle, AccuracyOracle):
+        log.info("fxquant search: method='auto' with a custom oracle and no calibration inputs: the paper's "
+                 "greedy (pass calib_loader= for the sensitivity search)")
+        method = "paper"
+    if method == "sensitivity":
         return search_sensitivity(gm, oracle, dataclasses.replace(cfg, method="sensitivity"),
                                   all_layers=all_layers, layers=layers, keep_8bit=keep_8bit,
                                   quantizer=quantizer, inputs=sensitivity_inputs, verbose=verbose,

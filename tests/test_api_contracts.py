@@ -65,5 +65,6 @@ def test_a_conforming_custom_class_is_accepted():
         pass
 
     mapping = {**fxquant.DEFAULT_QUANT_MODULE_MAPPING, nn.Linear: MyQuantLinear}
-    q = fxquant.compress(model, _calib(example), mapping=mapping, margin="fixed", t_init=100.0, verbose=False)
+    q = fxquant.compress(model, _calib(example), mapping=mapping, method="paper", margin="fixed", t_init=100.0,
+                         verbose=False)
     assert type(q.get_submodule("fc")) is MyQuantLinear

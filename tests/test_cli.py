@@ -23,6 +23,7 @@ from fxquant.data.eurosat import EUROSAT_MEAN, EUROSAT_STD, stratified_split
 from fxquant.demo import DemoCNN
 from fxquant.reporting.report import CompressionReport
 from fxquant.fileformat.saveload import FxqFormatError, read_header
+from fxquant.fileformat.header import report_dict
 
 TINY_MODULE = "fxq_cli_tiny_models"
 TINY_SOURCE = '''
@@ -105,7 +106,7 @@ def test_demo_quick_end_to_end(demo_runs, capsys):
     header = read_header(out_dir / "model.fxq")
     assert header["metadata"] == meta
     loaded = fxquant.load(out_dir / "model.fxq", DemoCNN(meta["num_classes"], **meta["model_kwargs"]))
-    assert json.loads(fxquant.report(loaded).to_json()) == header["report"]
+    assert json.loads(fxquant.report(loaded).to_json()) == report_dict(header)
     assert {lay.name: lay.bits for lay in fxquant.report(loaded).layers} == summary["bits"]
 
     code, out, err = run(capsys, "inspect", out_dir / "model.fxq")
@@ -196,8 +197,8 @@ def test_compress_inspect_eval_custom_model(workspace, capsys, monkeypatch):
 
     monkeypatch.setattr(fxquant, "compress", spy)
     code, out, err = run(capsys, "compress", "--model", f"{TINY_MODULE}:tiny", "--checkpoint", "plain.pt",
-                         "--num-classes", 3, "--data", "images", "--out", "out/tiny.fxq", "--mode", "fixed",
-                         "--margin", 1.0, "--report", "out/report.json", "--graph", "out/graph.svg")
+                         "--num-classes", 3, "--data", "images", "--out", "out/tiny.fxq", "--method", "paper",
+                         "--mode", "fixed", "--margin", 1.0, "--report", "out/report.json", "--graph", "out/graph.svg")
     assert code == 0, err
     assert "wrote out/tiny.fxq" in out and "[1/3]" in err  # one progress line per layer
     for name in ("tiny.fxq", "report.json", "graph.svg", "graph.html"):
@@ -271,6 +272,8 @@ def test_eval_with_model_override_for_a_file_without_metadata(workspace, capsys)
       "--out", "o.fxq"], "does not fit"),  # 10 classes by default, the checkpoint has 3
     (["compress", "--model", f"{TINY_MODULE}:tiny", "--checkpoint", "plain.pt", "--num-classes", "3",
       "--data", f"{TINY_MODULE}.py", "--out", "o.fxq"], "is not a folder"),
+    (["compress", "--model", f"{TINY_MODULE}:tiny", "--checkpoint", "plain.pt", "--num-classes", "3",
+      "--data", "images", "--out", "o.fxq", "--mode", "fixed"], "--mode fixed steers only --method paper"),
     (["inspect", "missing.fxq"], "fxquant: error: no file at missing.fxq"),
     (["inspect", "plain.pt"], "not an fxquant file"),
     (["eval", "plain.pt", "--data", "images"], "not an fxquant file"),

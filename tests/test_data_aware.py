@@ -271,7 +271,7 @@ def test_compress_builds_the_model_it_measured_with_data_aware_rounding(tmp_path
     model, batches = _small_cnn_and_data(96)
     with torch.no_grad():
         calib = [(x, model(x).argmax(1)) for x in batches]
-    q = fxquant.compress(model, calib, margin="fixed", t_init=3.0, verbose=False)
+    q = fxquant.compress(model, calib, method="paper", margin="fixed", t_init=3.0, verbose=False)
     result = q.meta["fxquant"]
     assert result.config.quant.rounding == "gptq" and result.config.quant.bias_correction
     assert fxquant.AccuracyOracle(calib)(q) == pytest.approx(result.final_value)
@@ -287,11 +287,12 @@ def test_compress_takes_statistics_from_stats_loader(caplog):
         calib = [(x, model(x).argmax(1)) for x in batches]
     other = [torch.randn(16, 3, 20, 20, generator=torch.Generator().manual_seed(5))]
     with caplog.at_level("WARNING", logger="fxquant"):
-        a = fxquant.compress(model, calib, margin="fixed", t_init=3.0, verbose=False)
+        a = fxquant.compress(model, calib, method="paper", margin="fixed", t_init=3.0, verbose=False)
     assert "stats_loader" in caplog.text  # the overfitting risk is named
     caplog.clear()
     with caplog.at_level("WARNING", logger="fxquant"):
-        b = fxquant.compress(model, calib, stats_loader=other, margin="fixed", t_init=3.0, verbose=False)
+        b = fxquant.compress(model, calib, stats_loader=other, method="paper", margin="fixed", t_init=3.0,
+                             verbose=False)
     assert "stats_loader" not in caplog.text
     same_bits = {n: 4 for n in a.meta["fxquant"].bits}
     qa = LayerQuantizer(passes.trace(model), passes.find_layers(passes.trace(model)),

@@ -34,8 +34,8 @@ from fxquant.engine.distributed import resolve, shard_indices  # noqa: E402
 from tests.models import ZOO, labelled_batches  # noqa: E402
 
 SCENARIOS = {  # name: (model of tests/models.py, compress options)
-    "vit_fast_hardest_first": ("tiny_vit", dict(margin="fixed", t_init=3.0)),
-    "vit_naive_user_order_bisect": ("tiny_vit", dict(margin="fixed", t_init=3.0, evaluation="naive",
+    "vit_fast_hardest_first": ("tiny_vit", dict(method="paper", margin="fixed", t_init=3.0)),
+    "vit_naive_user_order_bisect": ("tiny_vit", dict(method="paper", margin="fixed", t_init=3.0, evaluation="naive",
                                                      hardest_first=False, strategy="bisect")),
     "spectral_adaptive_keep_8bit": ("spectral1d", dict(t_init=20.0, candidates=(1, 2, 4, 8),
                                                        keep_8bit=["c1"])),
@@ -179,13 +179,14 @@ def test_shards_cover_every_index_once(count, world):
 @gloo
 def test_one_process_group_is_detected_and_changes_nothing(tmp_path, caplog):
     model, calib = _calib()
-    alone = fxquant.compress(model, calib, margin="fixed", t_init=3.0, verbose=False).meta["fxquant"]
+    alone = fxquant.compress(model, calib, method="paper", margin="fixed", t_init=3.0, verbose=False).meta["fxquant"]
     dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
     try:
         with caplog.at_level(logging.INFO, logger="fxquant"):
-            auto = fxquant.compress(model, calib, margin="fixed", t_init=3.0, verbose=False).meta["fxquant"]
+            auto = fxquant.compress(model, calib, method="paper", margin="fixed", t_init=3.0,
+                                    verbose=False).meta["fxquant"]
             fxquant.compress(model, oracle=_weight_error_oracle(model), verbose=False)
-        off = fxquant.compress(model, calib, margin="fixed", t_init=3.0, verbose=False,
+        off = fxquant.compress(model, calib, method="paper", margin="fixed", t_init=3.0, verbose=False,
                                distributed=False).meta["fxquant"]
     finally:
         dist.destroy_process_group()

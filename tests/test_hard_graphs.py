@@ -78,7 +78,7 @@ def _calib(model, n=192, batch=64):
 
 
 def _both(model, calib, **kw):
-    kw = {"margin": "fixed", "t_init": 3.0, "verbose": False, **kw}
+    kw = {"method": "paper", "margin": "fixed", "t_init": 3.0, "verbose": False, **kw}
     return {ev: fxquant.compress(model, calib, evaluation=ev, **kw) for ev in ("naive", "fast")}
 
 
@@ -106,6 +106,8 @@ def test_model_writing_into_its_input_leaves_calibration_data_alone():
     runs = _both(model, calib)
     assert all(torch.equal(x, b) for (x, _), b in zip(calib, before))
     assert runs["fast"].meta["fxquant"].bits == runs["naive"].meta["fxquant"].bits
+    fxquant.compress(model, calib, t_init=3.0, verbose=False)  # the default (sensitivity) search too
+    assert all(torch.equal(x, b) for (x, _), b in zip(calib, before))
 
 
 def test_reparametrized_weights_are_baked_and_quantized():
@@ -122,7 +124,7 @@ def test_reparametrized_weights_are_baked_and_quantized():
     model = M().eval()
     calib = _calib(model)
     state = copy.deepcopy(model.state_dict())
-    q = fxquant.compress(model, calib, margin="fixed", t_init=1.0, verbose=False)
+    q = fxquant.compress(model, calib, method="paper", margin="fixed", t_init=1.0, verbose=False)
     assert isinstance(q.c1, fxquant.QuantLinear)
     assert AccuracyOracle(calib)(q) == q.meta["fxquant"].final_value
     assert all(torch.equal(state[k], v) for k, v in model.state_dict().items())  # caller's model intact
@@ -225,7 +227,8 @@ def test_mixed_shape_batches_and_narrow_integer_targets():
         x = torch.randn(16, 3, size, size)
         with torch.no_grad():
             batches.append((x, model(x).argmax(1).to(torch.uint8)))
-    runs = {ev: fxquant.compress(model, batches, evaluation=ev, margin="fixed", t_init=5.0, verbose=False)
+    runs = {ev: fxquant.compress(model, batches, evaluation=ev, method="paper", margin="fixed", t_init=5.0,
+                                 verbose=False)
             for ev in ("naive", "fast")}
     assert runs["naive"].meta["fxquant"].bits == runs["fast"].meta["fxquant"].bits
 

@@ -120,7 +120,7 @@ def test_tied_weights_are_stored_once_and_stay_shared(tmp_path):
 def test_searched_model_round_trip_keeps_report_and_search_result(name, tmp_path):
     model, x, _ = build(name)
     calib = _labelled_by_model(model, torch.randn(32, *x.shape[1:]))
-    q = fxquant.compress(model, calib, margin="fixed", t_init=5.0, verbose=False)
+    q = fxquant.compress(model, calib, method="paper", margin="fixed", t_init=5.0, verbose=False)
     loaded, _ = _round_trip(q, tmp_path, build(name, seed=2)[0])
     _assert_same(q, loaded, x)
     assert loaded.meta["fxquant"] == q.meta["fxquant"]
@@ -131,7 +131,7 @@ def test_resnet18_searched_round_trip(tmp_path):
     torch.manual_seed(0)
     model = torchvision.models.resnet18(num_classes=10).eval()
     x = torch.randn(16, 3, 32, 32)
-    q = fxquant.compress(model, _labelled_by_model(model, x), candidates=(2, 4, 8), strategy="bisect",
+    q = fxquant.compress(model, _labelled_by_model(model, x), candidates=(2, 4, 8), method="paper", strategy="bisect",
                          verbose=False)
     loaded, _ = _round_trip(q, tmp_path, torchvision.models.resnet18(num_classes=10).eval())
     _assert_same(q, loaded, x)
@@ -206,7 +206,8 @@ def test_loading_never_unpickles(tmp_path, monkeypatch):
     monkeypatch.setattr(torch, "load", forbidden)
     loaded = fxquant.load(tmp_path / "m.fxq", build("tiny_vit", seed=1)[0])
     assert torch.equal(loaded(x), q(x))
-    for module in (fxquant.fileformat.saveload, fxquant.fileformat.container, fxquant.fileformat.header):  # every module on the read path
+    for module in (fxquant.fileformat.saveload, fxquant.fileformat.container,
+                   fxquant.fileformat.header):  # every module on the read path
         tree = ast.parse(inspect.getsource(module))
         imported = {alias.name for node in ast.walk(tree) if isinstance(node, (ast.Import, ast.ImportFrom))
                     for alias in node.names} | {node.module for node in ast.walk(tree)

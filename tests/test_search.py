@@ -4,6 +4,7 @@ import copy
 import json
 import logging
 import math
+import re
 
 import pytest
 import torch
@@ -56,7 +57,8 @@ def test_known_answer_one_layer_takes_1_bit_the_other_needs_8(margin, strategy):
     model = OneBitAndEightBit().eval()
     calib = _known_answer_data()
     assert AccuracyOracle(calib)(model) == 100.0
-    q = fxquant.compress(model, calib, quant=PER_TENSOR, margin=margin, strategy=strategy, verbose=False)
+    q = fxquant.compress(model, calib, quant=PER_TENSOR, method="paper", margin=margin, strategy=strategy,
+                         verbose=False)
     result = q.meta["fxquant"]
     assert result.bits == {"a": 1, "b": 8}
     assert [d.name for d in result.decisions] == ["b", "a"]  # b is more important (more params)
@@ -68,9 +70,10 @@ def test_margins_fixed_adaptive_rescaled_and_edges():
     cfg = SearchConfig(t_init=0.5)
     assert _margin(cfg, 0.2, 0.4, edge=False) == pytest.approx(0.1)  # eq. 4, literal
     assert _margin(cfg, 0.2, 0.4, edge=True) == pytest.approx(0.05)
-    assert _margin(SearchConfig(t_init=0.5, importance_scale="max"), 0.2, 0.4, False) == pytest.approx(0.25)
-    assert _margin(SearchConfig(t_init=0.5, margin="fixed"), 0.2, 0.4, False) == pytest.approx(0.5)
-    assert _margin(SearchConfig(t_init=0.5, margin="fixed"), 0.2, 0.4, True) == pytest.approx(0.25)
+    assert _margin(SearchConfig(t_init=0.5, method="paper", importance_scale="max"), 0.2, 0.4,
+                   False) == pytest.approx(0.25)
+    assert _margin(SearchConfig(t_init=0.5, method="paper", margin="fixed"), 0.2, 0.4, False) == pytest.approx(0.5)
+    assert _margin(SearchConfig(t_init=0.5, method="paper", margin="fixed"), 0.2, 0.4, True) == pytest.approx(0.25)
 
 
 def _weight_error_oracle(reference: nn.Module):
@@ -87,8 +90,9 @@ def _weight_error_oracle(reference: nn.Module):
 def test_fixed_margin_decisions_use_t_init_and_adaptive_is_stricter():
     model, x, names = build("conv_zoo")
     oracle = _weight_error_oracle(model)
-    fixed = fxquant.compress(model, oracle=oracle, margin="fixed", t_init=5.0, verbose=False).meta["fxquant"]
-    adaptive = fxquant.compress(model, oracle=oracle, margin="adaptive", t_init=5.0,
+    fixed = fxquant.compress(model, oracle=oracle, method="paper", margin="fixed", t_init=5.0,
+                             verbose=False).meta["fxquant"]
+    adaptive = fxquant.compress(model, oracle=oracle, method="paper", margin="adaptive", t_init=5.0,
                                 verbose=False).meta["fxquant"]
     edges = {names[0], names[-1]}
     for d in fixed.decisions:
@@ -112,7 +116,7 @@ def test_fast_evaluation_gives_the_naive_decisions(name):
     shape = ZOO[name][1]
     x = torch.randn((96, *shape[1:]), generator=torch.Generator().manual_seed(5))
     calib = _labelled_by_model(model, x)
-    runs = {ev: fxquant.compress(model, calib, margin="fixed", t_init=3.0, evaluation=ev, verbose=False)
+    runs = {ev: fxquant.compress(model, calib, method="paper", margin="fixed", t_init=3.0, evaluation=ev, verbose=False)
             for ev in ("naive", "fast")}
     naive, fast = (runs[ev].meta["fxquant"] for ev in ("naive", "fast"))
     assert fast.evaluation == "fast" and naive.evaluation == "naive"
@@ -128,7 +132,7 @@ def test_fast_evaluation_on_resnet_with_inplace_relu():
     model = torchvision.models.resnet18(num_classes=10).eval()
     x = torch.randn(64, 3, 32, 32, generator=torch.Generator().manual_seed(1))
     calib = _labelled_by_model(model, x)
-    kw = dict(margin="fixed", t_init=4.0, candidates=(2, 4, 8), verbose=False)
+    kw = dict(method="paper", margin="fixed", t_init=4.0, candidates=(2, 4, 8), verbose=False)
     naive = fxquant.compress(model, calib, evaluation="naive", **kw).meta["fxquant"]
     fast = fxquant.compress(model, calib, evaluation="fast", **kw).meta["fxquant"]
     assert fast.evaluation == "fast"
@@ -139,7 +143,7 @@ def test_fast_evaluation_on_resnet_with_inplace_relu():
 def test_bisect_makes_fewer_oracle_calls_and_meets_each_threshold():
     model, _, _ = build("conv_zoo")
     oracle = _weight_error_oracle(model)  # monotone in bits: bisection finds the same widths
-    kw = dict(oracle=oracle, margin="fixed", t_init=20.0, verbose=False)
+    kw = dict(oracle=oracle, method="paper", margin="fixed", t_init=20.0, verbose=False)
     seq = fxquant.compress(model, **kw).meta["fxquant"]
     bis = fxquant.compress(model, strategy="bisect", **kw).meta["fxquant"]
     assert 2 < sum(seq.bits.values()) / len(seq.bits) < 7  # answers are mid-range, not at an end
@@ -153,8 +157,8 @@ def test_compress_leaves_model_untouched_is_deterministic_and_reports():
     model, x, names = build("tiny_vit")
     before = copy.deepcopy(model.state_dict())
     calib = _labelled_by_model(model, torch.randn(64, 3, 16, 16, generator=torch.Generator().manual_seed(2)))
-    q1 = fxquant.compress(model, calib, margin="fixed", t_init=2.0, verbose=False)
-    q2 = fxquant.compress(model, calib, margin="fixed", t_init=2.0, verbose=False)
+    q1 = fxquant.compress(model, calib, method="paper", margin="fixed", t_init=2.0, verbose=False)
+    q2 = fxquant.compress(model, calib, method="paper", margin="fixed", t_init=2.0, verbose=False)
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
     assert q1.meta["fxquant"].bits == q2.meta["fxquant"].bits
     with torch.no_grad():
@@ -173,7 +177,8 @@ def test_compress_leaves_model_untouched_is_deterministic_and_reports():
 def test_filter_fn_and_keep_8bit():
     model, _, names = build("conv_zoo")
     calib = _labelled_by_model(model, torch.randn(64, 3, 12, 12, generator=torch.Generator().manual_seed(3)))
-    q = fxquant.compress(model, calib, filter_fn=lambda m, n: n != "head", keep_8bit=["stem"], margin="fixed",
+    q = fxquant.compress(model, calib, filter_fn=lambda m, n: n != "head", keep_8bit=["stem"], method="paper",
+                         margin="fixed",
                          t_init=5.0, verbose=False)
     result = q.meta["fxquant"]
     assert "head" not in result.bits and result.bits["stem"] == 8
@@ -190,10 +195,15 @@ def test_progress_lines_and_silence(caplog):
     with caplog.at_level(logging.INFO, logger="fxquant"):
         fxquant.compress(model, calib, stats_loader=stats, verbose=False)
         assert not [r for r in caplog.records if r.levelno >= logging.INFO]
-        fxquant.compress(model, calib, verbose=True)
-    lines = [r.getMessage() for r in caplog.records if r.name == "fxquant.search"]
+        fxquant.compress(model, calib, verbose=True)  # the default search: each layer's KL per width
+        lines = [r.getMessage() for r in caplog.records if r.name == "fxquant.search"]
+        caplog.clear()
+        fxquant.compress(model, calib, method="paper", verbose=True)  # the paper's: each layer's decision
+        paper_lines = [r.getMessage() for r in caplog.records if r.name == "fxquant.search"]
     for name in names:
-        assert any(f"] {name} importance=" in line and "bits" in line for line in lines)
+        assert any(re.search(rf"\] sensitivity {re.escape(name)}: 1:", line) for line in lines)
+        assert any(f"] {name} importance=" in line and "bits" in line for line in paper_lines)
+    assert "average bits" in lines[-1] and "frontier" in lines[-1]
 
 
 @pytest.mark.parametrize(

@@ -12,6 +12,8 @@ from torch import nn
 import fxquant
 from fxquant import SearchConfig
 from fxquant.core.packing import packed_nbytes
+from fxquant.fileformat.header import report_dict
+from fxquant.fileformat.saveload import read_header
 from fxquant.passes.sensitivity import canonical_batches
 
 
@@ -140,17 +142,47 @@ def test_config_validation():
                 dict(accept_sigmas=-1.0)):
         with pytest.raises(ValueError):
             SearchConfig(**bad)
-    assert SearchConfig().resolved_method == "paper"
-    assert SearchConfig(target_bits=2).resolved_method == "sensitivity"
+    assert SearchConfig().resolved_method == SearchConfig(target_bits=2).resolved_method == "sensitivity"
+    assert SearchConfig(method="paper").resolved_method == "paper"
 
 
-def test_paper_method_by_name_is_the_default_greedy():
+@pytest.mark.parametrize("option", [dict(margin="fixed"), dict(importance_scale="max"), dict(edge_factor=1.0),
+                                    dict(strategy="bisect")])
+def test_paper_only_options_need_the_paper_method(option):
+    (name, value), = option.items()
+    for method in ("auto", "sensitivity"):
+        with pytest.raises(ValueError, match=rf"{name}={value!r} only steer.*method='paper'"):
+            SearchConfig(method=method, **option)
+    assert getattr(SearchConfig(method="paper", **option), name) == value
+
+
+def test_the_default_is_the_sensitivity_search_and_paper_is_selectable_by_name():
     model = small_cnn()
     x, y, stats = data(model, n=64)
     _, default = run(model, batched(x, y, 32), stats)
+    _, sens = run(model, batched(x, y, 32), stats, method="sensitivity")
     _, paper = run(model, batched(x, y, 32), stats, method="paper")
-    assert default.method == paper.method == "paper"
-    assert default.bits == paper.bits and default.decisions == paper.decisions
+    assert default.method == sens.method == "sensitivity" and paper.method == "paper"
+    assert default.bits == sens.bits and default.frontier == sens.frontier
+    assert paper.decisions and not default.decisions
+
+
+def test_auto_runs_the_paper_search_when_a_custom_oracle_has_no_inputs(caplog):
+    model = small_cnn()
+    x, y, _ = data(model, n=64)
+
+    def oracle(m):
+        with torch.no_grad():
+            return 100.0 * float((m(x).argmax(1) == y).float().mean())
+
+    nearest = fxquant.QuantConfig(rounding="nearest", bias_correction=False)
+    with caplog.at_level("INFO", logger="fxquant.search"):
+        auto = fxquant.compress(model, oracle=oracle, verbose=False, quant=nearest).meta["fxquant"]
+    paper = fxquant.compress(model, oracle=oracle, verbose=False, quant=nearest, method="paper").meta["fxquant"]
+    assert auto.method == "paper" and auto.bits == paper.bits and auto.decisions == paper.decisions
+    assert "custom oracle and no calibration inputs" in caplog.text
+    with pytest.raises(ValueError, match="calib_loader"):  # asked for by name: no fallback
+        fxquant.compress(model, oracle=oracle, verbose=False, quant=nearest, method="sensitivity")
 
 
 def test_report_carries_sensitivities_and_frontier(tmp_path):
@@ -193,3 +225,7 @@ def test_sensitivities_and_frontier_survive_save_and_load(tmp_path):
     fxquant.save(q, tmp_path / "m.fxq")
     back = fxquant.load(tmp_path / "m.fxq", small_cnn()).meta["fxquant"]
     assert back.method == "sensitivity" and back.sensitivity == res.sensitivity and back.frontier == res.frontier
+    header = read_header(tmp_path / "m.fxq")
+    assert header["report"]["frontier"] == "search"  # stored once
+    shown = fxquant.CompressionReport.from_dict(report_dict(header))
+    assert shown.frontier == fxquant.report(q).frontier and len(shown.frontier) == len(res.frontier)

@@ -66,8 +66,8 @@ def test_cli_compress_and_eval_a_timm_model(images, capsys):
     model = build_timm("test_resnet", in_chans=3, num_classes=3)
     torch.save(model.state_dict(), images / "float.pt")
     code = main(["-q", "compress", "--model", "timm:test_resnet", "--in-chans", "3", "--num-classes", "3",
-                 "--checkpoint", "float.pt", "--data", "images", "--out", "m.fxq", "--mode", "fixed",
-                 "--margin", "1.0"])
+                 "--checkpoint", "float.pt", "--data", "images", "--out", "m.fxq", "--method", "paper",
+                 "--mode", "fixed", "--margin", "1.0"])
     out, err = capsys.readouterr()
     assert code == 0, err
     meta = read_header(images / "m.fxq")["metadata"]

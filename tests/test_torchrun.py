@@ -21,7 +21,7 @@ from fxquant.engine import distributed as fxdist
 from tests.models import ZOO, labelled_batches
 
 ROOT = Path(__file__).resolve().parents[1]
-SCENARIO = dict(margin="fixed", t_init=3.0)
+SCENARIO = dict(method="paper", margin="fixed", t_init=3.0)
 _TORCHRUN = ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT", "LOCAL_RANK")
 
 

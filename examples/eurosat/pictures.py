@@ -33,7 +33,7 @@ def main() -> None:
     model, meta = load_trained("resnet18")
     splits = eurosat_splits(seed=meta.get("split_seed", 0), calib_size=2000)
     qmodel = fxquant.compress(model, splits.calib_loader(), stats_loader=splits.stats_loader(),
-                              margin="adaptive")
+                              method="paper", margin="adaptive")
     report = fxquant.report(qmodel)
     test = fxquant.AccuracyOracle(splits.test_loader())
     sweep = {bits: test(fxquant.quantize(model, bits)) for bits in range(8, 0, -1)}

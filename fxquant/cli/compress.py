@@ -128,6 +128,9 @@ def cmd_compress(args) -> int:
     """Run ``fxquant compress`` with the parsed ``args``; returns the exit code."""
     import fxquant
 
+    if args.mode != "adaptive" and args.method != "paper":
+        raise CliError(f"--mode {args.mode} steers only --method paper (the default search is the sensitivity "
+                       "search): add --method paper")
     ckpt_path = check_file(args.checkpoint, "checkpoint")
     data_root = Path(args.data).expanduser()
     if not data_root.exists():
@@ -145,9 +148,14 @@ def cmd_compress(args) -> int:
     log.info("%s", data.describe())
     size = tuple(args.image_size) if args.image_size else data.native_size
     calib, stats, calib_size, n_test = _loaders(args, data, split_seed, mean, std, size)
-    log.info("compressing %s: %s margin, T_init %g, %d calibration images from the training split (split "
-             "seed %d; %d held out for 'fxquant eval')", fm.spec, args.mode, args.margin, calib_size, split_seed,
-             n_test)
+    if args.method == "paper":
+        search = f"the paper's search, {args.mode} margin, T_init {args.margin:g}"
+    elif args.target_bits is not None or args.max_bytes is not None:
+        search = f"budget {args.target_bits} bits" if args.target_bits is not None else f"budget {args.max_bytes} bytes"
+    else:
+        search = f"the sensitivity search, accuracy drop <= {args.margin:g}"
+    log.info("compressing %s: %s, %d calibration images from the training split (split seed %d; %d held out "
+             "for 'fxquant eval')", fm.spec, search, calib_size, split_seed, n_test)
     qmodel = fxquant.compress(fm.model, calib, stats_loader=stats, margin=args.mode, t_init=args.margin,
                               verbose=not args.quiet, method=args.method, target_bits=args.target_bits,
                               max_bytes=args.max_bytes)

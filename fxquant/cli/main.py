@@ -3,8 +3,9 @@
 ::
 
     fxquant compress --model resnet18 --checkpoint ckpt.pt --data PATH --out model.fxq \\
-                     [--margin 0.5] [--mode adaptive|fixed] [--target-bits B | --max-bytes N]
-                     [--method auto|paper|sensitivity] [--calib-size N] [--report r.json] [--graph g.svg]
+                     [--margin 0.5] [--target-bits B | --max-bytes N]
+                     [--method auto|sensitivity|paper [--mode adaptive|fixed]] [--calib-size N]
+                     [--report r.json] [--graph g.svg]
     fxquant inspect model.fxq                  # per-layer table and sizes, from the file's header only
     fxquant eval model.fxq --data PATH [--checkpoint ckpt.pt]   # top-1 on the held-out test split
     fxquant demo [--out DIR] [--data PATH] [--seed N] [--quick]
@@ -51,10 +52,11 @@ log = logging.getLogger("fxquant.cli")
 def _report_of(header: dict, file):
     """The header's report, or an FxqFormatError: a crafted ``report`` must not raise a raw KeyError."""
     from fxquant.fileformat.container import FxqFormatError
+    from fxquant.fileformat.header import report_dict
     from fxquant.reporting.report import CompressionReport
 
     try:
-        report = CompressionReport.from_dict(header["report"])
+        report = CompressionReport.from_dict(report_dict(header))
         text = report.to_text()
         report.to_dict()
         for name in ("packed_bytes", "grid_bytes", "float32_bytes", "average_bits", "compression_ratio"):

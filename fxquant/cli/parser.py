@@ -125,17 +125,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", required=True, metavar="PATH", help="a EuroSAT root or an ImageFolder")
     p.add_argument("--out", required=True, metavar="FILE.fxq", help="the packed model")
     p.add_argument("--margin", type=_margin, default=0.5, metavar="T_INIT",
-                   help="T_init in accuracy percentage points (default: 0.5)")
+                   help="T_init in accuracy percentage points (default: 0.5): the calibration accuracy "
+                        "drop allowed (default search), or eq. 4's T_init (--method paper)")
     p.add_argument("--mode", choices=("adaptive", "fixed"), default="adaptive",
-                   help="margin mode: adaptive = T_init x importance (eq. 4, default), fixed = T_init")
+                   help="--method paper's margin: adaptive = T_init x importance (eq. 4, default), "
+                        "fixed = T_init")
     budget = p.add_mutually_exclusive_group()
     budget.add_argument("--target-bits", type=_positive_float, metavar="B",
                         help="budget mode: the most accurate allocation with eq. 5 average bits <= B")
     budget.add_argument("--max-bytes", type=_positive_int, metavar="N",
                         help="budget mode: packed weights + scales + zero points <= N bytes")
     p.add_argument("--method", choices=("auto", "paper", "sensitivity"), default="auto",
-                   help="search: the paper's greedy, or measured sensitivities allocated globally "
-                        "(default auto: sensitivity with a budget, else paper)")
+                   help="search: measured sensitivities allocated globally (sensitivity; default auto "
+                        "is the same) or the paper's greedy (paper)")
     p.add_argument("--calib-size", type=_positive_int, metavar="N",
                    help=f"calibration images, from the training split (default: {DEFAULT_CALIB} or all)")
     p.add_argument("--report", metavar="FILE.json", help="also write the report as JSON")

@@ -4,8 +4,8 @@ With no data, :func:`run_demo` generates the SYNTHETIC 13-band dataset of
 :mod:`fxquant.data.synthetic`; with ``data=PATH`` it reads a real EuroSAT root (or
 any ImageFolder), RGB images downsampled to the demo's size, a few thousand
 training images. It then trains :class:`~fxquant.demo.model.DemoCNN`, compresses it
-with the adaptive bit-width search on calibration images from the training split,
-compares held-out test accuracy (float, compressed, fixed widths) and writes the
+with the default mixed-precision search (accuracy drop <= 0.5 points) on calibration
+images from the training split, compares held-out test accuracy (float, compressed, fixed widths) and writes the
 packed model, a float checkpoint, the report JSON, the annotated graph and the plot.
 """
 
@@ -202,11 +202,11 @@ def run_demo(out: str | Path = "fxquant-demo", *, seed: int = 0, data: str | Pat
              f"{params:,}", epochs, f"{d.train_idx.numel():,}")
     train(model, d.loader(d.train_idx, batch_size=sizes.batch, shuffle=True, seed=seed), epochs)
 
-    log.info("[3/4] compressing: adaptive bit-width search (T_init 0.5 points), %d calibration images from "
-             "the training split", d.calib_idx.numel())
+    log.info("[3/4] compressing: mixed-precision search (accuracy drop <= 0.5 points), %d calibration images "
+             "from the training split", d.calib_idx.numel())
     stats = stats_loader(d.dataset, d.train_idx, d.calib_idx, seed, mean=d.mean, std=d.std, size=d.image_size)
     qmodel = fxquant.compress(model, d.loader(d.calib_idx, batch_size=256), stats_loader=stats,
-                              margin="adaptive", t_init=0.5, verbose=not quiet)
+                              t_init=0.5, verbose=not quiet)
     report = fxquant.report(qmodel)
 
     log.info("[4/4] evaluating on the %s held-out test images and writing %s", f"{d.test_idx.numel():,}", out)
@@ -234,7 +234,7 @@ def run_demo(out: str | Path = "fxquant-demo", *, seed: int = 0, data: str | Pat
     kind = d.dataset.kind
     drawing = draw(qmodel, out / "graph.svg", title=f"DemoCNN ({kind} data): average {report.average_bits:.2f} bits")
     fxquant.plot(report, out / "report.png", sweep=sweep,
-                 results={"float32": (32, float_acc), "adaptive search": (report.average_bits, q_acc)},
+                 results={"float32": (32, float_acc), "fxquant search": (report.average_bits, q_acc)},
                  title=f"fxquant demo ({kind} data): {report.average_bits:.2f} average bits, "
                        f"held-out top-1 {q_acc:.1f}% (float {float_acc:.1f}%)")
     written = [fxq_path.name, "model.onnx", ckpt_path.name, report_path.name, drawing.svg.name, drawing.html.name, "report.png"]

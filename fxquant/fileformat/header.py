@@ -28,7 +28,7 @@ from fxquant.reporting.report import report
 from fxquant.schema import LayerInfo
 from fxquant.schema import FrontierPoint, LayerDecision, SearchConfig, SearchResult
 
-__all__ = ["build_header", "check_metadata", "quant_modules", "module_signatures", "SavedModel", "parse_header",
+__all__ = ["build_header", "report_dict", "check_metadata", "quant_modules", "module_signatures", "SavedModel", "parse_header",
            "parse_header_at"]
 
 
@@ -99,6 +99,24 @@ def check_metadata(metadata) -> dict | None:
                          f"lists, dicts): {e}") from None
 
 
+def _report_dict(qmodel: fx.GraphModule, search: SearchResult | None) -> dict:
+    """The report, its frontier left to ``search.frontier`` (the same points: a second copy was
+    a quarter of a small model's file); :func:`report_dict` puts it back."""
+    rep = _json_shaped(report(qmodel).to_dict())
+    if search is not None and getattr(search, "frontier", None) and rep.get("frontier"):
+        rep["frontier"] = "search"
+    return rep
+
+
+def report_dict(header: dict) -> dict:
+    """``header["report"]`` with its frontier (stored once, under ``search``) filled in."""
+    rep = dict(header["report"])
+    if rep.get("frontier") == "search":
+        search = header.get("search")
+        rep["frontier"] = search.get("frontier") if isinstance(search, dict) else None
+    return rep
+
+
 def build_header(qmodel: fx.GraphModule, infos: list[LayerInfo], bits: dict, search: SearchResult | None,
                  metadata: dict | None, tensors: list[dict], data: dict) -> dict:
     """The JSON header of ``qmodel``; ``tensors`` and ``data`` come from :func:`fxquant.fileformat.container.pack_tensors`."""
@@ -119,7 +137,7 @@ def build_header(qmodel: fx.GraphModule, infos: list[LayerInfo], bits: dict, sea
         "quant_config": _quant_config(qmodel, search),
         "layer_infos": [_json_shaped(dataclasses.asdict(info)) for info in infos],
         "search": None if search is None else _json_shaped(dataclasses.asdict(search)),
-        "report": _json_shaped(report(qmodel).to_dict()),
+        "report": _report_dict(qmodel, search),
         "metadata": metadata,
         "tensors": tensors,
         "data": data,
