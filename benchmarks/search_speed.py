@@ -49,8 +49,7 @@ def main(argv=None) -> int:
     for evaluation in ("naive", "fast"):
         t0 = time.perf_counter()
         q = fxquant.compress(model, calib, stats_loader=stats, method="paper", margin=args.margin,
-                             evaluation=evaluation,
-                             verbose=True)
+                             evaluation=evaluation, verbose=True)
         wall = time.perf_counter() - t0
         result = q.meta["fxquant"]
         runs[evaluation] = {"wall_s": wall, "search_s": result.seconds, "oracle_calls": result.oracle_calls,

@@ -150,8 +150,10 @@ def cmd_compress(args) -> int:
     calib, stats, calib_size, n_test = _loaders(args, data, split_seed, mean, std, size)
     if args.method == "paper":
         search = f"the paper's search, {args.mode} margin, T_init {args.margin:g}"
-    elif args.target_bits is not None or args.max_bytes is not None:
-        search = f"budget {args.target_bits} bits" if args.target_bits is not None else f"budget {args.max_bytes} bytes"
+    elif args.target_bits is not None:
+        search = f"budget {args.target_bits:g} average bits"
+    elif args.max_bytes is not None:
+        search = f"budget {args.max_bytes} bytes"
     else:
         search = f"the sensitivity search, accuracy drop <= {args.margin:g}"
     log.info("compressing %s: %s, %d calibration images from the training split (split seed %d; %d held out "

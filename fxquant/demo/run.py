@@ -5,8 +5,8 @@ With no data, :func:`run_demo` generates the SYNTHETIC 13-band dataset of
 any ImageFolder), RGB images downsampled to the demo's size, a few thousand
 training images. It then trains :class:`~fxquant.demo.model.DemoCNN`, compresses it
 with the default mixed-precision search (accuracy drop <= 0.5 points) on calibration
-images from the training split, compares held-out test accuracy (float, compressed, fixed widths) and writes the
-packed model, a float checkpoint, the report JSON, the annotated graph and the plot.
+images from the training split, compares held-out test accuracy (float, compressed,
+fixed widths) and writes the packed model, a float checkpoint, the report JSON, the annotated graph and the plot.
 """
 
 from __future__ import annotations

@@ -28,8 +28,8 @@ from fxquant.reporting.report import report
 from fxquant.schema import LayerInfo
 from fxquant.schema import FrontierPoint, LayerDecision, SearchConfig, SearchResult
 
-__all__ = ["build_header", "report_dict", "check_metadata", "quant_modules", "module_signatures", "SavedModel", "parse_header",
-           "parse_header_at"]
+__all__ = ["build_header", "report_dict", "check_metadata", "quant_modules", "module_signatures", "SavedModel",
+           "parse_header", "parse_header_at"]
 
 
 # ----------------------------------------------------------------------------- write
@@ -103,7 +103,7 @@ def _report_dict(qmodel: fx.GraphModule, search: SearchResult | None) -> dict:
     """The report, its frontier left to ``search.frontier`` (the same points: a second copy was
     a quarter of a small model's file); :func:`report_dict` puts it back."""
     rep = _json_shaped(report(qmodel).to_dict())
-    if search is not None and getattr(search, "frontier", None) and rep.get("frontier"):
+    if search is not None and search.frontier and rep.get("frontier"):
         rep["frontier"] = "search"
     return rep
 
