@@ -47,8 +47,11 @@ def interpolate(line: list[tuple[float, float]], bits: float) -> float | None:
     return None
 
 
-def verdicts(entry: dict) -> list[dict]:
-    """The issue-15 targets, each ``{"target", "value", "ok"}`` (ok None: not measured yet)."""
+def verdicts(entry: dict, name: str | None = None) -> list[dict]:
+    """The issue-15 targets, each ``{"target", "value", "ok"}`` (ok None: not measured yet).
+
+    ``name`` is the model's entry; the issue's absolute search time (~100 s) is a ResNet18 figure,
+    checked only for ``"resnet18"``."""
     summary = summarise(entry)
     float_acc = entry["float_test_acc"]
     line = uniform_line(summary)
@@ -104,15 +107,25 @@ def verdicts(entry: dict) -> list[dict]:
     add("budget mode at least as accurate as every baseline at every budget (medians)",
         ("; ".join(losses) or f"none lost ({len(compared)} comparisons)") if compared else None,
         (not losses) if compared else None)
-    times = [r["search_seconds"] for k, r in entry["rows"].items() if k.startswith("fxquant_")]
+    # The default (accuracy mode) is what a user waits for; budget mode is shown beside it.
+    ours = [r["search_seconds"] for k, r in entry["rows"].items() if k.startswith("fxquant_accuracy/")]
+    budget = [r["search_seconds"] for k, r in entry["rows"].items() if k.startswith("fxquant_budget/")]
     paper = [r["search_seconds"] for k, r in entry["rows"].items() if k.startswith("paper_adaptive/")]
-    if times:
-        med = statistics.median(times)
-        ref = f"paper adaptive median {statistics.median(paper):.0f} s" if paper else f"~{TARGET_SECONDS:.0f} s"
-        add(f"search time no slower than today's (~{TARGET_SECONDS:.0f} s incl. statistics)",
-            f"median {med:.0f} s ({ref})", med <= max(TARGET_SECONDS, statistics.median(paper) if paper else 0))
+    also = f"; budget mode median {statistics.median(budget):.0f} s" if budget else ""
+    if ours and paper:
+        med, ref = statistics.median(ours), statistics.median(paper)
+        add("search time no slower than today's search (the paper's adaptive search, same draws, same machine)",
+            f"default median {med:.0f} s vs {ref:.0f} s{also}", med <= ref)
     else:
-        add(f"search time no slower than today's (~{TARGET_SECONDS:.0f} s incl. statistics)", None, None)
+        add("search time no slower than today's search (the paper's adaptive search, same draws, same machine)",
+            None, None)
+    if name == "resnet18":
+        target = f"search time ~{TARGET_SECONDS:.0f} s incl. statistics (the issue's figure for today's search)"
+        if ours:
+            med = statistics.median(ours)
+            add(target, f"default median {med:.0f} s{also}", med <= TARGET_SECONDS)
+        else:
+            add(target, None, None)
     return out
 
 
@@ -177,7 +190,7 @@ def markdown(data: dict, figure_drawn: bool = True) -> str:
             lines += ["", f"**Incomplete run**: {'; '.join(parts)}. Verdicts below compare what exists "
                           "(medians of unequal draw counts) and are provisional."]
         lines += ["", "Targets:", ""]
-        for v in verdicts(entry):
+        for v in verdicts(entry, name):
             mark = "not measured" if v["ok"] is None else ("**met**" if v["ok"] else "**missed**")
             lines.append(f"* {v['target']}: {v['value'] or '–'} — {mark}")
         versus = default_comparison(entry)

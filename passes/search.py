@@ -33,10 +33,9 @@ from fxquant.core.config import QuantConfig
 from fxquant.engine.oracle import AccuracyOracle
 from fxquant.passes.calibrate import LayerQuantizer
 from fxquant.engine.distributed import Comm
-from fxquant.engine.evaluate import GraphEvaluator
 from fxquant.passes.importance import annotate_importance, layer_infos, update_layer_infos
 from fxquant.passes.layers import find_layers
-from fxquant.passes.sensitivity_search import search_sensitivity
+from fxquant.passes.sensitivity_search import open_evaluator, search_sensitivity
 from fxquant.schema import Layer, LayerDecision, SearchConfig, SearchResult
 
 __all__ = ["SearchConfig", "LayerDecision", "SearchResult", "search_bits"]
@@ -116,13 +115,15 @@ def search_bits(gm: fx.GraphModule, oracle, config: SearchConfig | None = None, 
                                   quantizer=quantizer, inputs=sensitivity_inputs, verbose=verbose,
                                   comm=comm, t0=t0)
 
-    evaluator = GraphEvaluator(gm, oracle, layers, fast=cfg.evaluation == "fast",
-                               cache_bytes=int(cfg.cache_mb * 2**20), comm=comm)
+    probe = oracle.batches[0][0] if isinstance(oracle, AccuracyOracle) else \
+        (sensitivity_inputs[0] if sensitivity_inputs else None)
+    evaluator, undo_layout = open_evaluator(gm, oracle, layers, cfg, comm, probe)
     emit = log.info if verbose and (comm is None or comm.is_main) else log.debug
     try:
-        if cfg.hardest_first:
-            evaluator.order_hardest_first()  # by the float model's margins, before any value is measured
-        float_value, _ = evaluator.evaluate()
+        # By the float model's margins, before any value is measured; that pass also scores the float model.
+        float_value = evaluator.order_hardest_first() if cfg.hardest_first else None
+        if float_value is None:
+            float_value, _ = evaluator.evaluate()
         for layer in layers:
             set_bits(layer, cfg.baseline_bits)
         baseline, _ = evaluator.evaluate()
@@ -147,6 +148,7 @@ def search_bits(gm: fx.GraphModule, oracle, config: SearchConfig | None = None, 
     finally:
         evaluator.release()
         quantizer.restore()
+        undo_layout()
     bits = {lay.name: cfg.baseline_bits for lay in layers}
     bits.update({d.name: d.bits for d in decisions})
     changes = {name: {"bits": b} for name, b in bits.items()}

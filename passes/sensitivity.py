@@ -36,8 +36,8 @@ from fxquant.engine.oracle import AccuracyOracle
 from fxquant.passes.calibrate import LayerQuantizer
 from fxquant.schema import Layer
 
-__all__ = ["canonical_batches", "measure_sensitivity", "extrapolate", "reference_logprobs", "model_kl",
-           "NEGLIGIBLE"]
+__all__ = ["canonical_batches", "canonical_order", "measure_sensitivity", "extrapolate", "reference_logprobs",
+           "model_kl", "model_kl_and_correct", "NEGLIGIBLE"]
 
 log = logging.getLogger("fxquant.search")
 
@@ -47,6 +47,15 @@ BATCH = 64  # the fixed internal batch size (the user's never reaches a forward 
 
 def canonical_batches(inputs: list[torch.Tensor], samples: int = 0, batch: int = BATCH) -> list[torch.Tensor]:
     """``inputs``' images in content order (at most ``samples`` of them, 0 = all), in batches of ``batch``."""
+    xs, order = canonical_order(inputs, samples)
+    return list(xs[order].split(batch))
+
+
+def canonical_order(inputs: list[torch.Tensor], samples: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(all images concatenated, indices of the content order)``: :func:`canonical_batches` before batching.
+
+    The indices also put anything aligned with the images (their labels) in the same order.
+    """
     if not inputs:
         raise ValueError("sensitivity: no calibration inputs to measure sensitivities on")
     shapes = {(tuple(x.shape[1:]), x.dtype) for x in inputs}
@@ -60,7 +69,7 @@ def canonical_batches(inputs: list[torch.Tensor], samples: int = 0, batch: int =
     order = sorted(range(len(xs)), key=keys.__getitem__)
     if samples and len(order) > samples:
         order = order[:samples]
-    return list(xs[torch.tensor(order)].split(batch))
+    return xs, torch.tensor(order, dtype=torch.long)
 
 
 def _logits(out) -> torch.Tensor:
@@ -89,8 +98,21 @@ def reference_logprobs(gm: fx.GraphModule, batches: list[torch.Tensor]) -> list[
 @torch.no_grad()
 def model_kl(gm: fx.GraphModule, batches: list[torch.Tensor], ref: list[torch.Tensor]) -> float:
     """Mean ``KL(reference || gm)`` over ``batches`` (the whole model as it is now), rounded as sensitivities are."""
-    total = sum(_kl_sum(r, gm(x.clone())) for r, x in zip(ref, batches))  # clone: a graph may write its input
-    return _round(total / sum(len(x) for x in batches))
+    return model_kl_and_correct(gm, batches, ref)[0]
+
+
+@torch.no_grad()
+def model_kl_and_correct(gm: fx.GraphModule, batches: list[torch.Tensor], ref: list[torch.Tensor],
+                         targets: list[torch.Tensor] | None = None, oracle: AccuracyOracle | None = None
+                         ) -> tuple[float, int | None]:
+    """:func:`model_kl` and, from the same forward passes, ``oracle``'s correct count on ``targets`` (or None)."""
+    total, correct = 0.0, None if targets is None else 0
+    for i, (r, x) in enumerate(zip(ref, batches)):
+        logits = gm(x.clone())  # clone: a graph may write its input
+        total += _kl_sum(r, logits)
+        if targets is not None:
+            correct += oracle.correct(logits, targets[i], i)
+    return _round(total / sum(len(x) for x in batches)), correct
 
 
 def extrapolate(measured: dict[int, float], candidates: tuple[int, ...]) -> dict[int, float]:

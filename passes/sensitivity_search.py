@@ -35,6 +35,7 @@ import logging
 import math
 import time
 from fractions import Fraction
+from typing import Callable
 
 import torch
 from torch import fx
@@ -43,16 +44,17 @@ from fxquant.core.allocate import Allocation, pareto_frontier
 from fxquant.core.packing import packed_nbytes
 from fxquant.engine.distributed import Comm
 from fxquant.engine.evaluate import GraphEvaluator
+from fxquant.engine.layout import use_channels_last
 from fxquant.engine.oracle import AccuracyOracle
 from fxquant.passes.accuracy_mode import choose_point
 from fxquant.passes.calibrate import LayerQuantizer
 from fxquant.passes.importance import update_layer_infos
-from fxquant.passes.sensitivity import (canonical_batches, extrapolate, measure_sensitivity, model_kl,
-                                        reference_logprobs)
+from fxquant.passes.sensitivity import (BATCH, canonical_order, extrapolate, measure_sensitivity, model_kl,
+                                        model_kl_and_correct, reference_logprobs)
 from fxquant.schema import FrontierPoint, Layer, SearchConfig, SearchResult
 
 __all__ = ["search_sensitivity", "measure", "allocate", "Measurement", "CHOICE_FIELDS", "budget_sizes",
-           "check_budget", "frontier_point"]
+           "check_budget", "frontier_point", "open_evaluator"]
 
 log = logging.getLogger("fxquant.search")
 
@@ -117,7 +119,7 @@ def _thin(points: tuple[Allocation, ...], k: int) -> list[int]:
 class Measurement:
     """What every allocation of one model shares (:func:`measure`): the float value and each layer's
     sensitivity at each width. :func:`allocate` chooses from it at any budget without measuring again;
-    :meth:`release` frees the evaluator's activations and restores the float weights."""
+    :meth:`release` frees the evaluator's activations and restores the float weights and their layout."""
 
     gm: fx.GraphModule
     oracle: object
@@ -138,6 +140,14 @@ class Measurement:
     seconds: float  # its time, the quantizer's statistics included
     verbose: bool
     comm: Comm | None
+    undo_layout: Callable[[], None] = lambda: None  # gm's weights back to their own layout
+
+    @property
+    def inputs_are_oracles(self) -> bool:
+        """Whether :attr:`inputs` are the default oracle's images, in its batches (so its labels fit them)."""
+        batches = getattr(self.oracle, "batches", None)
+        return isinstance(self.oracle, AccuracyOracle) and len(self.inputs) == len(batches) and \
+            all(a is x for a, (x, _) in zip(self.inputs, batches))
 
     def frontier(self, sizes: list[list[int]]):
         """The exact size/sensitivity Pareto frontier for ``sizes`` (per searched layer and candidate)."""
@@ -147,6 +157,7 @@ class Measurement:
     def release(self) -> None:
         self.evaluator.release()
         self.quantizer.restore()
+        self.undo_layout()
 
 
 # Fields allocate() may change: they decide where to cut, not what is measured.
@@ -190,18 +201,18 @@ def measure(gm: fx.GraphModule, oracle, cfg: SearchConfig, *, all_layers: list[L
     inputs = _sensitivity_inputs(oracle, inputs)
     searched = [lay for lay in layers if lay.name not in keep_8bit]
     kept = [lay for lay in layers if lay.name in keep_8bit]
-    evaluator = GraphEvaluator(gm, oracle, layers, fast=cfg.evaluation == "fast",
-                               cache_bytes=int(cfg.cache_mb * 2**20), comm=comm)
+    evaluator, undo_layout = open_evaluator(gm, oracle, layers, cfg, comm, inputs[0])
     try:
-        if hardest_first:
-            evaluator.order_hardest_first()
-        float_value, _ = evaluator.evaluate()
+        float_value = evaluator.order_hardest_first() if hardest_first else None  # it scores the float model too
+        if float_value is None:
+            float_value, _ = evaluator.evaluate()
         measured, forwards, sens_seconds = measure_sensitivity(
             gm, searched, quantizer, inputs, cfg.candidates, samples=cfg.sensitivity_samples,
             cache_bytes=int(cfg.cache_mb * 2**20), verbose=verbose and (comm is None or comm.is_main))
     except BaseException:
         evaluator.release()
         quantizer.restore()
+        undo_layout()
         raise
     _emitter(verbose, comm)("fxquant search: sensitivities of %d layers in %.1f s", len(searched), sens_seconds)
     return Measurement(gm=gm, oracle=oracle, cfg=cfg, all_layers=all_layers, layers=layers, searched=searched,
@@ -210,7 +221,26 @@ def measure(gm: fx.GraphModule, oracle, cfg: SearchConfig, *, all_layers: list[L
                        sens={name: extrapolate(m, cfg.candidates) for name, m in measured.items()},
                        forwards=forwards, eval_forwards=evaluator.total_layer_forwards(), calls=evaluator.calls,
                        seconds=time.perf_counter() - t0,
-                       verbose=verbose, comm=comm)
+                       verbose=verbose, comm=comm, undo_layout=undo_layout)
+
+
+def open_evaluator(gm: fx.GraphModule, oracle, layers: list[Layer], cfg: SearchConfig, comm: Comm | None,
+                   probe: torch.Tensor | None) -> tuple[GraphEvaluator, Callable[[], None]]:
+    """A search's evaluator over ``gm`` switched to channels-last where a probe on ``probe`` allows it
+    (:mod:`fxquant.engine.layout`; why not, if not, logged at DEBUG), and the undo of that switch.
+
+    Call it after the quantizer's statistics are measured: they, and so every candidate
+    weight, stay the NCHW model's. The caller releases the evaluator and calls the undo.
+    """
+    undo, why = use_channels_last(gm, probe)
+    if why:
+        log.debug("fxquant search: forward passes in the model's own layout: %s", why)
+    try:
+        return GraphEvaluator(gm, oracle, layers, fast=cfg.evaluation == "fast",
+                              cache_bytes=int(cfg.cache_mb * 2**20), comm=comm), undo
+    except BaseException:
+        undo()
+        raise
 
 
 def search_sensitivity(gm: fx.GraphModule, oracle, cfg: SearchConfig, *, all_layers: list[Layer],
@@ -268,9 +298,13 @@ def allocate(m: Measurement, cfg: SearchConfig, verbose: bool | None = None) -> 
 
         values: dict[int, float] = {}
         kls: dict[int, float] = {}  # accuracy mode: whole-model KL against float
+        scored_with_kl = None  # accuracy mode: i -> (KL, value) from the same forward passes, when possible
 
         def value_of(i: int, threshold: float | None = None) -> tuple[float, bool]:
             if i in values:  # complete values do not change: the weights of a point are fixed
+                return values[i], True
+            if threshold is None and scored_with_kl is not None:  # a complete value: the KL comes for free
+                kls[i], values[i] = scored_with_kl(i)
                 return values[i], True
             set_point(points[i])
             value, complete = evaluator.evaluate(threshold)
@@ -292,7 +326,8 @@ def allocate(m: Measurement, cfg: SearchConfig, verbose: bool | None = None) -> 
             # All the images, not the sensitivity subset: the rate pairs each point's KL with its top-1 drop,
             # and on the same images a draw's fragile images raise both (the replay in
             # docs/results/accuracy_mode_walk.md).
-            kl_batches = canonical_batches(m.inputs, 0)
+            xs, order = canonical_order(m.inputs)
+            kl_batches = list(xs[order].split(BATCH))
             quantizer.restore()
             ref = reference_logprobs(gm, kl_batches)
 
@@ -301,6 +336,15 @@ def allocate(m: Measurement, cfg: SearchConfig, verbose: bool | None = None) -> 
                     set_point(points[i])
                     kls[i] = model_kl(gm, kl_batches, ref)
                 return kls[i]
+
+            if m.inputs_are_oracles:  # the KL's images are the oracle's: one pass gives both
+                targets = list(torch.cat([y for _, y in oracle.batches])[order].split(BATCH))
+
+                def scored_with_kl(i: int) -> tuple[float, float]:
+                    set_point(points[i])
+                    evaluator.calls += 1
+                    kl, correct = model_kl_and_correct(gm, kl_batches, ref, targets, oracle)
+                    return kl, oracle.accuracy(correct)
 
             span = (points[-1].size - points[0].size) / (WALK_STEP * total_params)
             walk = _thin(points, max(2, min(256, int(span) + 1)))

@@ -171,3 +171,19 @@ def test_hawq_prefers_bits_where_the_curvature_is():
     total = sum(lay.params for lay in prep.layers)
     assert sum(lay.params * bits[lay.name] for lay in prep.layers) <= 3.0 * total
     assert all(not p.requires_grad or p.grad is None for p in prep.gm.parameters())
+
+
+def test_search_time_verdicts_judge_the_default_not_budget_mode():
+    rows = {"fxquant_accuracy/acc/draw0": {"test_acc": 97.0, "avg_bits": 1.5, "search_seconds": 120},
+            "fxquant_budget/b2/draw0": {"test_acc": 97.0, "avg_bits": 2.0, "search_seconds": 10},
+            "paper_adaptive/acc/draw0": {"test_acc": 97.0, "avg_bits": 2.0, "search_seconds": 110}}
+    entry = {"float_test_acc": 98.0, "rows": rows}
+    checks = {c["target"]: c for c in pareto_report.verdicts(entry, "resnet18")}
+    versus = next(c for t, c in checks.items() if "no slower than today's search" in t)
+    absolute = next(c for t, c in checks.items() if "~100 s" in t)
+    assert versus["ok"] is False and "120 s vs 110 s" in versus["value"]  # the fast budget rows do not count
+    assert absolute["ok"] is False and "budget mode median 10 s" in absolute["value"]
+    rows["fxquant_accuracy/acc/draw0"]["search_seconds"] = 90
+    checks = pareto_report.verdicts(entry, "resnet18")
+    assert all(c["ok"] for c in checks if "search time" in c["target"])
+    assert not any("~100 s" in c["target"] for c in pareto_report.verdicts(entry, "resnet50"))

@@ -246,24 +246,27 @@ class GraphEvaluator:
                                                    self._order[1:]), threshold)
 
     @torch.no_grad()
-    def order_hardest_first(self) -> None:
+    def order_hardest_first(self) -> float | None:
         """Re-batch the calibration samples, least confidently correct first (batch sizes kept).
 
         Every later evaluation counts the same samples, but a width that costs
         accuracy shows its errors in the first batches and the early stop
-        rejects it there. Costs one pass. A model whose output for one sample
-        depends on the others in its batch would see different batches than
-        the user's (``SearchConfig.hardest_first=False`` keeps them).
+        rejects it there. Costs one pass, which also scores the model as it is:
+        returns that (complete) value, or None if the samples were not re-batched
+        (a user oracle, or batches of different shapes). A model whose output for
+        one sample depends on the others in its batch would see different batches
+        than the user's (``SearchConfig.hardest_first=False`` keeps them).
         """
         if not isinstance(self.oracle, AccuracyOracle):
-            return
+            return None
         every = self.oracle.batches  # all ranks' batches, in the user's order
         kinds = {(tuple(x.shape[1:]), x.dtype, x.device) for x, _ in every}
         if len(kinds) > 1:  # samples of different shapes cannot be regrouped; keep the user's batches
             if self._main:
                 log.info("fxquant: calibration batches differ in shape/dtype/device; keeping their order")
-            return
+            return None
         self.calls += 1
+        correct = 0
         sizes = [len(y) for _, y in every]
         starts = [0, *itertools.accumulate(sizes)]
         # float64 holds any logits dtype exactly, so the order is the one those logits give.
@@ -271,19 +274,21 @@ class GraphEvaluator:
         for i, (x, y) in zip(self._index, self.batches):
             logits = self.gm(x.clone() if self._clone_input else x)
             logits = logits[0] if isinstance(logits, (tuple, list)) else logits
-            self.oracle.correct(logits, y, i)  # validates the output and the targets
+            correct += self.oracle.correct(logits, y, i)  # also validates the output and the targets
             target = logits.gather(1, y.view(-1, 1)).squeeze(1)
             rival = logits.scatter(1, y.view(-1, 1), float("-inf")).amax(dim=1)
             margins[starts[i]:starts[i] + sizes[i]] = (target - rival).double().cpu()
             self.layer_forwards += len(self._weighted)
         if self.comm is not None:
             margins = self.comm.sum_disjoint(margins)  # each sample's margin comes from one rank only
+            correct, = self.comm.sum_ints(correct)
         order = torch.argsort(margins, stable=True)
         xs = torch.cat([x for x, _ in every])[order.to(every[0][0].device)]
         ys = torch.cat([y for _, y in every])[order.to(every[0][1].device)]
         batches = list(zip(xs.split(sizes), ys.split(sizes)))
         self._take_share(batches, copy=self.comm is not None)
         self.release()
+        return self.oracle.accuracy(correct)
 
     def _score(self, forward, threshold):
         """Accuracy over all ranks' batches; ``forward(i, x)`` gives the logits of local batch ``i``."""

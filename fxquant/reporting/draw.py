@@ -207,8 +207,9 @@ def _svg(g: nx.DiGraph, pos: dict, edges: dict, widths: dict, title: str, layout
         info = html.escape(json.dumps(_info(a)), quote=True)
         tooltip = html.escape("\n".join(
             f"{lay['name']} ({lay['kind']}): {lay['params']:,} params, N_P={lay['n_p']:.4f}, "
-            f"N_V={lay['n_v']:.3f}, importance={lay['importance']:.4f}, margin={lay['margin']}, "
-            f"bits={lay['bits']}" for lay in a.get("layers", [])) or a["target"])
+            f"N_V={lay['n_v']:.3f}, importance={lay['importance']:.4f}, "
+            + ("" if lay["margin"] is None else f"margin={lay['margin']}, ")  # the paper's search sets it
+            + f"bits={lay['bits']}" for lay in a.get("layers", [])) or a["target"])
         cls = "layer" if a.get("is_layer") else "io"
         dash = ' stroke-dasharray="4,2"' if a.get("is_layer") and a.get("bits") is None else ""
         fill = _color(a, a.get("_decided", False))
