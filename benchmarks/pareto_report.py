@@ -112,13 +112,12 @@ def verdicts(entry: dict, name: str | None = None) -> list[dict]:
     budget = [r["search_seconds"] for k, r in entry["rows"].items() if k.startswith("fxquant_budget/")]
     paper = [r["search_seconds"] for k, r in entry["rows"].items() if k.startswith("paper_adaptive/")]
     also = f"; budget mode median {statistics.median(budget):.0f} s" if budget else ""
+    versus = "search time no slower than today's search (the paper's adaptive search, same draws, same machine)"
     if ours and paper:
         med, ref = statistics.median(ours), statistics.median(paper)
-        add("search time no slower than today's search (the paper's adaptive search, same draws, same machine)",
-            f"default median {med:.0f} s vs {ref:.0f} s{also}", med <= ref)
+        add(versus, f"default median {med:.0f} s vs {ref:.0f} s{also}", med <= ref)
     else:
-        add("search time no slower than today's search (the paper's adaptive search, same draws, same machine)",
-            None, None)
+        add(versus, None, None)
     if name == "resnet18":
         target = f"search time ~{TARGET_SECONDS:.0f} s incl. statistics (the issue's figure for today's search)"
         if ours:
