@@ -47,6 +47,16 @@ def interpolate(line: list[tuple[float, float]], bits: float) -> float | None:
     return None
 
 
+def _paired(entry: dict, rival: str, setting: str) -> str:
+    """Budget mode against ``rival`` draw by draw (same calibration images): how often each is ahead."""
+    rows = entry["rows"]
+    pairs = [(rows[k]["test_acc"], rows[r]["test_acc"]) for k in rows if k.startswith(f"fxquant_budget/{setting}/")
+             and (r := f"{rival}/{setting}/{k.rsplit('/', 1)[1]}") in rows]
+    ahead = sum(1 for a, b in pairs if a > b)
+    behind = sum(1 for a, b in pairs if a < b)
+    return f"by draw: fxquant ahead {ahead}, level {len(pairs) - ahead - behind}, behind {behind}"
+
+
 def verdicts(entry: dict, name: str | None = None) -> list[dict]:
     """The issue-15 targets, each ``{"target", "value", "ok"}`` (ok None: not measured yet).
 
@@ -97,7 +107,8 @@ def verdicts(entry: dict, name: str | None = None) -> list[dict]:
                     gap = s["acc"]["median"] - ours
                     count = gap * n_test / 100 if n_test else 0.0  # a median of an even count may be half
                     images = f" = {count:.3g} of {n_test} test images" if n_test else ""
-                    losses.append(f"{rival} at {setting[1:]} bits (+{gap:.2f}{images})")
+                    losses.append(f"{rival} at {setting[1:]} bits (+{gap:.2f}{images}; "
+                                  f"{_paired(entry, rival, setting)})")
         u = interpolate(line, float(setting[1:]))
         if u is not None:
             compared.append(f"uniform@{setting[1:]}")

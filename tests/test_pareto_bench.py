@@ -102,11 +102,13 @@ def test_verdicts_follow_the_numbers():
     assert ok("every baseline") is False  # HAWQ beats it at 2 bits
     with_n = pareto_report.verdicts({"float_test_acc": 98.0, "rows": rows, "setup": {"n_test": 1000}})
     lost = next(c for c in with_n if "every baseline" in c["target"])
-    assert "hawq at 2 bits (+0.70 = 7 of 1000 test images)" in lost["value"], lost
+    assert "hawq at 2 bits (+0.70 = 7 of 1000 test images; by draw: fxquant ahead 0, level 0, behind 1)" \
+        in lost["value"], lost
     rows["hawq/b2/draw1"] = {"test_acc": 97.8, "avg_bits": 2.0, "search_seconds": 5}  # median of 2: half an image
     rows["fxquant_budget/b2/draw1"] = rows["fxquant_budget/b2/draw0"]
     half = pareto_report.verdicts({"float_test_acc": 98.0, "rows": rows, "setup": {"n_test": 1000}})
-    assert "(+0.35 = 3.5 of 1000 test images)" in next(c for c in half if "every baseline" in c["target"])["value"]
+    assert "(+0.35 = 3.5 of 1000 test images; by draw: fxquant ahead 0, level 1, behind 1)" \
+        in next(c for c in half if "every baseline" in c["target"])["value"]
     far = {k: v for k, v in rows.items() if not k.startswith("uniform/w8")}
     far["fxquant_accuracy/acc/draw0"] = {"test_acc": 97.5, "avg_bits": 5.0, "search_seconds": 60}
     far["fxquant_accuracy/acc/draw1"] = {"test_acc": 97.5, "avg_bits": 6.0, "search_seconds": 60}
