@@ -85,7 +85,12 @@ def test_bad_inputs_name_the_argument(what, call, error, words):
 def test_inf_buffers_other_than_norm_statistics_are_allowed():
     model = _model()
     model.register_buffer("mask", torch.full((2,), float("-inf")))  # e.g. an attention mask
-    fxquant.quantize(model, 8)
+    q = fxquant.quantize(model, 8)
+    assert torch.equal(model.mask, torch.full((2,), float("-inf")))  # the caller's buffer as it was
+    x, _ = _data()
+    with torch.no_grad():
+        out, ref = q(x), model(x)
+    assert torch.isfinite(out).all() and torch.allclose(out, ref, atol=0.05 * float(ref.abs().max()))
 
 
 def test_quantize_calibrates_in_eval_mode_and_keeps_the_callers_mode(caplog):

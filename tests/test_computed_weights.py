@@ -107,6 +107,23 @@ def test_folding_drops_the_raw_parameters_and_keeps_buffers():
     with torch.no_grad():
         assert torch.allclose(gm(x), model(x), atol=1e-5)
 
+    class Masked(nn.Module):  # a buffer the folded computation reads stays in the state_dict
+        def __init__(self):
+            super().__init__()
+            self.v = nn.Parameter(torch.randn(4, 6))
+            self.register_buffer("mask", (torch.arange(24).view(4, 6) % 3 > 0).float())
+
+        def forward(self, x):
+            return nn.functional.linear(x, self.v * self.mask)
+
+    masked, x = Masked().eval(), torch.randn(3, 6)
+    gm = passes.trace(masked)
+    assert passes.find_layers(gm)[0].name == "v"  # folded in place: the parameter with the result's size
+    assert torch.equal(dict(gm.named_buffers())["mask"], masked.mask)
+    assert torch.equal(gm.v, masked.v * masked.mask)
+    with torch.no_grad():
+        assert torch.allclose(gm(x), masked(x))
+
 
 def test_a_weight_read_elsewhere_is_folded_under_a_new_name():
     class M(nn.Module):
@@ -126,7 +143,7 @@ def test_a_weight_read_elsewhere_is_folded_under_a_new_name():
 
 
 def test_timm_weight_standardised_convs_are_quantized():
-    timm = pytest.importorskip("timm")
+    import timm
     from timm.layers import ScaledStdConv2d, StdConv2d as TimmStdConv2d
 
     model = nn.Sequential(TimmStdConv2d(3, 8, 3, padding=1), nn.ReLU(), ScaledStdConv2d(8, 8, 3, padding=1),

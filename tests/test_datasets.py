@@ -46,11 +46,13 @@ def test_image_batches_standardise_float_and_uint8_images():
     assert x.shape == (6, 13, 3, 3)
     rgb = torch.randint(0, 256, (6, 3, 4, 4), dtype=torch.uint8)
     (x, _), = list(ImageBatches(rgb, labels, batch_size=8))
-    assert torch.equal(x, normalize(rgb))
+    mean3, std3 = torch.tensor(EUROSAT_MEAN).view(1, 3, 1, 1), torch.tensor(EUROSAT_STD).view(1, 3, 1, 1)
+    by_hand = (rgb.float() / 255 - mean3) / std3
+    assert torch.equal(x, normalize(rgb)) and torch.allclose(x, by_hand, atol=1e-5)  # uint8 RGB: EuroSAT's defaults
     (x, _), = list(ImageBatches(rgb, labels, mean=(0.5, 0.5, 0.5), std=(0.2, 0.2, 0.2), batch_size=8))
     assert torch.allclose(x, (rgb.float() / 255 - 0.5) / 0.2, atol=1e-5)
     (x, _), = list(ImageBatches(rgb, labels, mean=EUROSAT_MEAN, std=EUROSAT_STD, batch_size=8))
-    assert torch.equal(x, normalize(rgb))
+    assert torch.allclose(x, by_hand, atol=1e-5)
     with pytest.raises(ValueError, match="need 'mean' and 'std'"):
         ImageBatches(floats, labels)
     with pytest.raises(ValueError, match="'mean' has 3 values for images of 13 channels"):

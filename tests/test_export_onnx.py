@@ -92,7 +92,9 @@ def test_zoo_mixed_widths_match_fxquant(tmp_path, name, packing):
     # The caller's model is untouched.
     assert qmodel.code == code and all(torch.equal(before[k], v) for k, v in qmodel.state_dict().items())
     _check_file(qmodel, result, packing, x)
+    # One exported layer per packed weight storage, each named after a quantized layer.
     assert {layer.name for layer in result.layers} <= set(names) | {"a", "b"}
+    assert len(result.layers) == len(_packed_modules(qmodel)) and not result.float_layers
     assert result.opset == required_opset({layer.bits for layer in result.layers}, packing)
     if packing == "bitstream":
         assert not result.wider_layers and result.weight_bytes == result.ideal_bytes

@@ -71,9 +71,11 @@ def test_state_dict_holds_packed_bytes_and_round_trips(make, qcls, shape):
     assert sd["packed_weight"].dtype == torch.uint8
     assert not any(v.is_floating_point() and v.numel() == fm.weight.numel() for v in sd.values())
     # A fresh module built from the hyper-parameters alone, then loaded.
-    fresh = copy.deepcopy(q)
-    for name in ("packed_weight", "weight_scale", "weight_zero_point"):
-        getattr(fresh, name).zero_()
+    if isinstance(fm, nn.Linear):
+        fresh = qcls(fm.in_features, fm.out_features, bias=fm.bias is not None, bits=3)
+    else:
+        fresh = qcls(fm.in_channels, fm.out_channels, fm.kernel_size, stride=fm.stride, padding=fm.padding,
+                     dilation=fm.dilation, groups=fm.groups, bias=fm.bias is not None, bits=3)
     fresh.load_state_dict(sd)
     x = torch.randn(shape)
     assert torch.equal(fresh(x), q(x))

@@ -123,5 +123,10 @@ def test_fast_unpack_across_chunks(bits, monkeypatch):
 
 def test_column_path_is_used_on_big_endian_hosts(monkeypatch):
     monkeypatch.setattr(packing, "_LITTLE_ENDIAN", False)
-    codes = torch.randint(0, 8, (77,), dtype=torch.uint8)
+
+    def lanes_read_bytes_in_host_order(*_):
+        raise AssertionError("the lane path assumes little-endian bytes")
+
+    monkeypatch.setattr(packing, "_unpack_lanes", lanes_read_bytes_in_host_order)
+    codes = torch.randint(0, 8, (77,), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
     assert torch.equal(unpack(pack(codes, 3), 3, 77), codes)

@@ -165,9 +165,15 @@ def test_mse_clipping_never_worse_than_minmax_in_weight_error():
 
 
 def test_per_tensor_has_one_scale():
-    qw = quantize_weight(torch.randn(4, 9), _config(4, "per_tensor"))
+    w = torch.randn(4, 9, generator=torch.Generator().manual_seed(0))
+    qw = quantize_weight(w, _config(4, "per_tensor"))
     assert qw.scale.shape == (1,) and qw.zero_point.shape == (1,)
-    assert torch.allclose(dequantize(qw.codes, qw.scale, qw.zero_point), qw.dequantize())
+    # One grid over the whole tensor: [min(w, 0), max(w, 0)] in 15 steps, every weight within half a step.
+    step = (w.max().clamp_min(0) - w.min().clamp_max(0)) / 15
+    assert torch.allclose(qw.scale, step.view(1), rtol=1e-5)
+    by_hand = (qw.codes.float() - qw.zero_point.float()) * qw.scale.float()
+    assert torch.allclose(dequantize(qw.codes, qw.scale, qw.zero_point), by_hand)
+    assert (by_hand - w).abs().max() <= step / 2 + 1e-6
 
 
 @pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])

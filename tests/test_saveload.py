@@ -383,7 +383,7 @@ def test_tied_file_onto_untied_model_is_refused(tmp_path):
 def test_load_rejects_a_compressed_model_and_non_modules(stack_file):
     with pytest.raises(ValueError, match="already compressed"):
         fxquant.load(stack_file, fxquant.quantize(_stack(), 4))
-    with pytest.raises(TypeError):
+    with pytest.raises(TypeError, match="model must be an nn.Module, got dict"):
         fxquant.load(stack_file, {"conv1.weight": torch.zeros(1)})
 
 

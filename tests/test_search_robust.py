@@ -136,11 +136,18 @@ def test_infeasible_budget_names_the_smallest_feasible_one():
 
 
 def test_config_validation():
-    for bad in (dict(method="greedy"), dict(target_bits=0), dict(target_bits=float("nan")),
-                dict(max_bytes=0), dict(max_bytes=1.5), dict(target_bits=2.0, max_bytes=100),
-                dict(method="paper", target_bits=2.0), dict(sensitivity_samples=-1), dict(budget_checks=0),
-                dict(accept_sigmas=-1.0)):
-        with pytest.raises(ValueError):
+    field = r"SearchConfig\.{} must"  # the message names the field at fault
+    for bad, message in ((dict(method="greedy"), field.format("method")),
+                         (dict(target_bits=0), field.format("target_bits")),
+                         (dict(target_bits=float("nan")), field.format("target_bits")),
+                         (dict(max_bytes=0), field.format("max_bytes")),
+                         (dict(max_bytes=1.5), field.format("max_bytes")),
+                         (dict(target_bits=2.0, max_bytes=100), "target_bits or max_bytes, not both"),
+                         (dict(method="paper", target_bits=2.0), "method='paper' has no budget mode"),
+                         (dict(sensitivity_samples=-1), field.format("sensitivity_samples")),
+                         (dict(budget_checks=0), field.format("budget_checks")),
+                         (dict(accept_sigmas=-1.0), field.format("accept_sigmas"))):
+        with pytest.raises(ValueError, match=message):
             SearchConfig(**bad)
     assert SearchConfig().resolved_method == SearchConfig(target_bits=2).resolved_method == "sensitivity"
     assert SearchConfig(method="paper").resolved_method == "paper"
@@ -206,13 +213,20 @@ def test_sensitivity_with_a_user_oracle():
     model = small_cnn()
     x, y, stats = data(model, n=64)
 
+    calls = []
+
     def oracle(m):
+        calls.append(1)
         with torch.no_grad():
             return 100.0 * float((m(x).argmax(1) == y).float().mean())
 
     q = fxquant.compress(model, batched(x, y, 32), oracle=oracle, stats_loader=stats, verbose=False,
                          target_bits=3.0)
-    assert fxquant.report(q).average_bits <= 3.0
+    res = q.meta["fxquant"]
+    assert fxquant.report(q).average_bits <= 3.0 and res.method == "sensitivity"
+    assert calls and res.oracle_calls >= 1  # the user's oracle checked the budget's candidates
+    n = len(calls)
+    assert res.final_value == pytest.approx(oracle(q), abs=1e-6) and len(calls) == n + 1
     with pytest.raises(ValueError, match="calib_loader"):
         fxquant.compress(model, oracle=oracle, verbose=False, target_bits=3.0,
                          quant=fxquant.QuantConfig(rounding="nearest", bias_correction=False))

@@ -13,8 +13,6 @@ from fxquant.fileformat.saveload import read_header
 from fxquant.nn.storage import weight_storage
 from tests.timm_helpers import assert_unchanged, build_timm, relative_error, snapshot, typed_weight_elements
 
-timm = pytest.importorskip("timm")
-
 
 @pytest.mark.parametrize("name", ["test_nfnet", "test_vit"])
 def test_tiny_timm_models_are_fully_quantized(name):

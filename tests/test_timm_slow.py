@@ -18,8 +18,6 @@ from fxquant import passes
 from fxquant.nn.storage import weight_storage
 from tests.timm_helpers import assert_unchanged, build_timm, relative_error, snapshot, typed_weight_elements
 
-pytest.importorskip("timm")
-
 # name -> input size (None: the model's own img_size default is kept and the input uses it).
 FAMILIES = {
     # CNNs

@@ -83,7 +83,6 @@ def test_unannotated_graph_is_refused(tmp_path):
 
 
 def test_plot_writes_an_image(tmp_path):
-    pytest.importorskip("matplotlib")
     model, _, names = build("conv_zoo")
     rep = fxquant.report(fxquant.quantize(model, {n: 4 for n in names[:-1]}))
     out = fxquant.plot(rep, tmp_path / "r.png", sweep={8: 99.0, 4: 97.5, 2: 60.0}, results={"adaptive": (3.1, 98.7)})
