@@ -208,17 +208,18 @@ def _build_fxquant_fixed(bits: int) -> Callable:
     return build
 
 
-def _build_fxquant_search(model, calib, example, stats=None) -> Built:
-    # GPTQ statistics from images the search does not score (see fxquant.compress's stats_loader).
-    # The paper's search, as in the committed rows (measured when it was the default).
-    q, seconds = _timed(lambda: fxquant.compress(model, calib, stats_loader=stats, method="paper", verbose=False))
-    _smoke(q, example)
-    report = fxquant.report(q)
-    search = q.meta.get("fxquant")  # the SearchResult: its config is what the search actually used
-    config = repr(getattr(search, "config", None) or fxquant.SearchConfig())
-    return Built(q, seconds, f"{report.average_bits:.2f} average bits (eq. 5); search on the calibration "
-                             "images, GPTQ statistics from other training images",
-                 config)
+def _build_fxquant_compress(**options) -> Callable:
+    """``fxquant.compress`` as a user calls it: the default search (``options`` empty) or budget mode."""
+    def build(model, calib, example, stats=None) -> Built:
+        # GPTQ statistics from images the search does not score (see fxquant.compress's stats_loader).
+        q, seconds = _timed(lambda: fxquant.compress(model, calib, stats_loader=stats, verbose=False, **options))
+        _smoke(q, example)
+        report = fxquant.report(q)
+        search = q.meta.get("fxquant")  # the SearchResult: its config is what the search actually used
+        config = repr(getattr(search, "config", None) or fxquant.SearchConfig(**options))
+        return Built(q, seconds, f"{report.average_bits:.2f} average bits (eq. 5); search on the calibration "
+                                 "images, GPTQ statistics from other training images", config)
+    return build
 
 
 def _save_fxq(model: nn.Module, path: Path) -> Path:
@@ -256,8 +257,10 @@ TOOLS: list[Tool] = [
     Tool("fxquant-4", "fxquant fixed 4 bits", _PACKED, _build_fxquant_fixed(4), _save_fxq, _fxquant_quantized),
     Tool("fxquant-4-cached", "fxquant fixed 4 bits, cached", _CACHED, _build_fxquant_fixed(4), _save_fxq,
          _fxquant_quantized, cached_of="fxquant-4"),
-    Tool("fxquant-search", "fxquant adaptive search", _PACKED, _build_fxquant_search, _save_fxq,
+    Tool("fxquant-default", "fxquant default search", _PACKED, _build_fxquant_compress(), _save_fxq,
          _fxquant_quantized),
-    Tool("fxquant-search-cached", "fxquant adaptive search, cached", _CACHED, _build_fxquant_search, _save_fxq,
-         _fxquant_quantized, cached_of="fxquant-search"),
+    Tool("fxquant-default-cached", "fxquant default search, cached", _CACHED, _build_fxquant_compress(), _save_fxq,
+         _fxquant_quantized, cached_of="fxquant-default"),
+    Tool("fxquant-2bit", "fxquant target_bits=2", _PACKED, _build_fxquant_compress(target_bits=2.0), _save_fxq,
+         _fxquant_quantized),
 ]

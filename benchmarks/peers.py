@@ -12,7 +12,7 @@ rounds; refuses ``--update-doc``) and ``--rows float32,fxquant-4,...``.
 
 Rows: float32; torch.ao dynamic int8 and FX graph mode static int8; torchao
 weight-only int8 / int4 / intx (each tried on convs + linear first); fxquant
-fixed 8 and 4 bits and the adaptive search, each packed-only (the default) and
+fixed 8 and 4 bits and the default search, each packed-only (the default) and
 with the dequantized-weight cache. Columns: held-out test accuracy, layers
 actually quantized, file size as saved by the tool's recommended way, CPU
 latency at batch 1 and 64 as a ratio to float32 (same process, interleaved,

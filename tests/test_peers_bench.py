@@ -4,6 +4,8 @@ import pytest
 import torch
 from torch import nn
 
+import fxquant
+
 from benchmarks import peers
 from benchmarks.latency import interleaved_latency
 from benchmarks.peer_tools import TOOLS, Built, Unavailable, float_layers
@@ -20,7 +22,7 @@ def _calib():
     return [(torch.randn(4, 3, 64, 64, generator=gen), torch.randint(0, 10, (4,), generator=gen)) for _ in range(2)]
 
 
-@pytest.mark.parametrize("tool", [t for t in TOOLS if t.key != "fxquant-search"], ids=lambda t: t.key)
+@pytest.mark.parametrize("tool", TOOLS, ids=lambda t: t.key)
 def test_each_tool_builds_saves_and_counts_or_says_why_not(tool, tmp_path):
     model = _tiny()
     example = torch.randn(2, 3, 64, 64)
@@ -38,6 +40,8 @@ def test_each_tool_builds_saves_and_counts_or_says_why_not(tool, tmp_path):
         assert built.model(example).shape == (2, 10)
     if tool.key.startswith("fxquant"):
         assert len(quantized) == len(float_layers(model)) == 3
+    if tool.key == "fxquant-2bit":  # budget mode, as the row's label says
+        assert fxquant.report(built.model).average_bits <= 2.0
     if tool.key == "ao-dynamic-int8":
         assert quantized == ["6"]  # only the nn.Linear
     for name, param in model.named_parameters():  # the caller's model is never modified
