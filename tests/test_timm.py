@@ -1,4 +1,5 @@
-"""timm (issue 18 item 10), fast part: two tiny timm models quantize fully, and ``--model timm:NAME``."""
+"""timm (issue 18 item 10), fast part: tiny timm models of several families, one re-parameterisable
+(RepVGG), quantize fully; and ``--model timm:NAME``."""
 
 import json
 
@@ -14,7 +15,7 @@ from fxquant.nn.storage import weight_storage
 from tests.timm_helpers import assert_unchanged, build_timm, relative_error, snapshot, typed_weight_elements
 
 
-@pytest.mark.parametrize("name", ["test_nfnet", "test_vit"])
+@pytest.mark.parametrize("name", ["test_nfnet", "test_vit", "test_efficientnet", "test_convnext", "test_byobnet", "repvgg_a0"])
 def test_tiny_timm_models_are_fully_quantized(name):
     model = build_timm(name, in_chans=13)
     x = torch.randn(2, 13, 64, 64)
