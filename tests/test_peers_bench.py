@@ -94,3 +94,24 @@ def test_quick_mode_refuses_to_write_the_doc(capsys):
     with pytest.raises(SystemExit):
         peers.main(["--quick", "--update-doc", "docs/benchmarks.md"])
     assert "--quick" in capsys.readouterr().err
+
+
+def test_static_int8_probe_leaves_the_named_part_float():
+    from benchmarks.ao_static_probe import static_int8, top1
+
+    model = _tiny()
+    try:
+        q = static_int8(model, _calib(), "x86", "6")
+    except RuntimeError as e:  # a torch build without the x86 quantized engine
+        pytest.skip(f"no x86 quantized engine: {e}")
+    assert type(q.get_submodule("6")) is nn.Linear  # the part asked for stays float
+    assert "Quantized" in type(q.get_submodule("0")).__name__ or "quantized" in type(q.get_submodule("0")).__module__
+    # top1 counts right answers over all batches: a model always saying class 0, on labels 0,0,1 / 0
+    always_zero = nn.Sequential(nn.Flatten(), nn.Linear(1, 2))
+    with torch.no_grad():
+        always_zero[1].weight.zero_()
+        always_zero[1].bias.copy_(torch.tensor([1.0, 0.0]))
+    batches = [(torch.zeros(3, 1), torch.tensor([0, 0, 1])), (torch.zeros(1, 1), torch.tensor([0]))]
+    assert top1(always_zero, batches) == 75.0
+    for name, param in model.named_parameters():
+        assert type(param) is nn.Parameter, name
