@@ -16,17 +16,17 @@ Prints the rows and writes them to ``docs/results/ao_static_probe.md`` (``--out`
 from __future__ import annotations
 
 import argparse
-import copy
 import datetime
 import platform
 import sys
-import warnings
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmarks.peer_tools import ao_fx_static_int8  # noqa: E402
+from benchmarks.peers import accuracy  # noqa: E402
 from examples.eurosat.common import checkpoint_path, load_trained  # noqa: E402
 from fxquant.data.eurosat import eurosat_splits  # noqa: E402
 
@@ -34,33 +34,6 @@ OUT = Path(__file__).resolve().parents[1] / "docs" / "results" / "ao_static_prob
 
 # (engine, part left float or None)
 ROWS = (("x86", None), ("fbgemm", None), ("x86", "conv1"), ("x86", "layer4"), ("x86", "fc"))
-
-
-def top1(model: torch.nn.Module, batches) -> float:
-    right = total = 0
-    with torch.inference_mode():
-        for x, y in batches:
-            right += int((model(x).argmax(1) == y).sum())
-            total += len(y)
-    return 100.0 * right / total
-
-
-def static_int8(model: torch.nn.Module, calib, engine: str, float_part: str | None) -> torch.nn.Module:
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # torch.ao.quantization is deprecated and says so on every call
-        import torch.ao.quantization as tq
-        from torch.ao.quantization import quantize_fx
-
-        torch.backends.quantized.engine = engine
-        mapping = tq.get_default_qconfig_mapping(engine)
-        if float_part is not None:
-            mapping = mapping.set_module_name(float_part, None)
-        prepared = quantize_fx.prepare_fx(copy.deepcopy(model).eval(), mapping,
-                                          example_inputs=(torch.randn(2, 3, 64, 64),))
-        with torch.inference_mode():
-            for x, _ in calib:  # observers record activation ranges
-                prepared(x)
-        return quantize_fx.convert_fx(prepared)
 
 
 def main(argv=None) -> int:
@@ -78,7 +51,7 @@ def main(argv=None) -> int:
     test_idx = splits.test_idx[torch.randperm(splits.test_idx.numel(), generator=gen)[:args.test_size]]
     test = list(splits.loader(test_idx.sort().values))
     calib = list(splits.calib_loader())
-    acc = top1(model, test)
+    acc = accuracy(model, test)
     print(f"{args.model}: {len(test_idx)} test images, float32 top-1 {acc:.1f}%", flush=True)
     lines = [f"# torch.ao FX static int8 on the EuroSAT {args.model}: where it loses", "",
              f"`OMP_NUM_THREADS={torch.get_num_threads()} python benchmarks/ao_static_probe.py --model {args.model} "
@@ -87,8 +60,8 @@ def main(argv=None) -> int:
              f"{sum(len(y) for _, y in calib)} calibration images of the peers table.", "",
              "| recipe | left float | top-1 % |", "|---|---|---:|", f"| float32 | everything | {acc:.1f} |"]
     for engine, part in ROWS:
-        q = static_int8(model, calib, engine, part)
-        got = top1(q, test)
+        q = ao_fx_static_int8(model, calib, torch.randn(2, 3, 64, 64), engine, part)
+        got = accuracy(q, test)
         print(f"{engine:7s} {(part or 'nothing') + ' left float':22s} {got:.1f}%", flush=True)
         lines.append(f"| `get_default_qconfig_mapping(\"{engine}\")` | {f'`{part}`' if part else 'nothing'} | {got:.1f} |")
     args.out.parent.mkdir(parents=True, exist_ok=True)

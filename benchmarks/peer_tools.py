@@ -113,25 +113,29 @@ def _build_ao_dynamic(model, _calib, example, stats=None) -> Built:
                              "batch size")
 
 
-def _build_ao_fx_static(model, calib, example, stats=None) -> Built:
+def ao_fx_static_int8(model: nn.Module, calib, example: torch.Tensor, engine: str = "x86",
+                      float_part: str | None = None) -> nn.Module:
+    """torch.ao's FX static int8 recipe on a copy of ``model``: ``get_default_qconfig_mapping(engine)``,
+    observers run over ``calib``; ``float_part`` (a module name) is left float."""
     tq, quantize_fx = _torch_ao()
+    torch.backends.quantized.engine = engine
+    mapping = tq.get_default_qconfig_mapping(engine)
+    if float_part is not None:
+        mapping = mapping.set_module_name(float_part, None)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        prepared = quantize_fx.prepare_fx(copy.deepcopy(model).eval(), mapping, example_inputs=(example,))
+        with torch.inference_mode():
+            for x, _ in calib:  # observers record activation ranges
+                prepared(x)
+        return quantize_fx.convert_fx(prepared)
+
+
+def _build_ao_fx_static(model, calib, example, stats=None) -> Built:
     if "x86" not in torch.backends.quantized.supported_engines:
         raise Unavailable(f"no x86 quantized engine in this torch build "
                           f"({', '.join(torch.backends.quantized.supported_engines)})")
-    torch.backends.quantized.engine = "x86"
-    work = copy.deepcopy(model).eval()
-
-    def run():
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            prepared = quantize_fx.prepare_fx(work, tq.get_default_qconfig_mapping("x86"),
-                                              example_inputs=(example,))
-            with torch.inference_mode():
-                for x, _ in calib:  # observers record activation ranges
-                    prepared(x)
-            return quantize_fx.convert_fx(prepared)
-
-    q, seconds = _timed(run)
+    q, seconds = _timed(lambda: ao_fx_static_int8(model, calib, example))
     _smoke(q, example)
     return Built(q, seconds, "not weight-only: activations are int8 too (observers calibrated on the "
                                 "calibration images, included in the time)")

@@ -8,7 +8,7 @@ import fxquant
 
 from benchmarks import peers
 from benchmarks.latency import interleaved_latency
-from benchmarks.peer_tools import TOOLS, Built, Unavailable, float_layers
+from benchmarks.peer_tools import TOOLS, Built, Unavailable, ao_fx_static_int8, float_layers
 
 
 def _tiny():
@@ -96,12 +96,10 @@ def test_quick_mode_refuses_to_write_the_doc(capsys):
     assert "--quick" in capsys.readouterr().err
 
 
-def test_static_int8_probe_leaves_the_named_part_float():
-    from benchmarks.ao_static_probe import static_int8, top1
-
+def test_static_int8_leaves_the_named_part_float():
     model = _tiny()
     try:
-        q = static_int8(model, _calib(), "x86", "6")
+        q = ao_fx_static_int8(model, _calib(), torch.randn(2, 3, 64, 64), "x86", "6")
     except RuntimeError as e:  # a torch build without the x86 quantized engine
         pytest.skip(f"no x86 quantized engine: {e}")
     assert type(q.get_submodule("6")) is nn.Linear  # the part asked for stays float
@@ -112,6 +110,6 @@ def test_static_int8_probe_leaves_the_named_part_float():
         always_zero[1].weight.zero_()
         always_zero[1].bias.copy_(torch.tensor([1.0, 0.0]))
     batches = [(torch.zeros(3, 1), torch.tensor([0, 0, 1])), (torch.zeros(1, 1), torch.tensor([0]))]
-    assert top1(always_zero, batches) == 75.0
+    assert peers.accuracy(always_zero, batches) == 75.0
     for name, param in model.named_parameters():
         assert type(param) is nn.Parameter, name
